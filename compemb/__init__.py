@@ -1,2 +1,64 @@
-"""compemb: compositional embeddings using complementary partitions (Shi et al., KDD 2020)."""
+"""compemb: compositional embeddings using complementary partitions (Shi et al., KDD 2020).
+
+The package root re-exports the public names only; they are imported on first use so that
+``import compemb`` stays cheap and an optional backend never breaks the import.
+
+Example::
+
+    >>> import torch
+    >>> from compemb import QREmbeddingBag
+    >>> bag = QREmbeddingBag(1000, 16, num_collisions=4, mode="sum")
+    >>> bag(torch.tensor([[1, 2], [999, 0]])).shape
+    torch.Size([2, 16])
+"""
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    # partition algebra
+    "Partition": "compemb.partitions",
+    "PartitionFamily": "compemb.partitions",
+    "IdentityPartition": "compemb.partitions",
+    "RemainderPartition": "compemb.partitions",
+    "QuotientPartition": "compemb.partitions",
+    "DigitPartition": "compemb.partitions",
+    "ResiduePartition": "compemb.partitions",
+    "HashPartition": "compemb.partitions",
+    "naive": "compemb.partitions",
+    "quotient_remainder": "compemb.partitions",
+    "generalized_qr": "compemb.partitions",
+    "chinese_remainder": "compemb.partitions",
+    # modules
+    "CompositionalEmbeddingBag": "compemb.modules",
+    "QREmbeddingBag": "compemb.modules",
+    "PathEmbeddingBag": "compemb.path",
+    "HashEmbeddingBag": "compemb.baselines",
+    "MixedDimEmbeddingBag": "compemb.baselines",
+    "md_dims": "compemb.baselines",
+    "num_parameters": "compemb.config",
+    "compression_ratio": "compemb.config",
+    "EmbeddingBagConfig": "compemb.config",
+    "build_embedding_bag": "compemb.config",
+    # kernels and deployment
+    "CompositionalEmbeddingBagCollection": "compemb.collection",
+    "quantize": "compemb.quantize",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'compemb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
