@@ -1,0 +1,377 @@
+"""Baselines the paper compares against: the hashing trick and mixed-dimension embeddings.
+
+- :class:`HashEmbeddingBag`: the hashing trick (Weinberger et al., ICML 2009): ids are mapped to
+  ``num_buckets`` rows, by remainder or by a seeded universal hash; colliding ids share a row.
+- :func:`md_dims` and :class:`MixedDimEmbeddingBag`: mixed-dimension embeddings (Ginart, Naumov,
+  Mudigere, Yang, Zou, "Mixed Dimension Embeddings with Application to Memory-Efficient
+  Recommendation Systems", arXiv:1909.11810): each feature gets its own width by a power rule and
+  is projected to the common base width.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from compemb.functional import normalize_bag_input
+from compemb.partitions import HashPartition, RemainderPartition
+from compemb.path import _check_int, _check_mode, _pool_rows
+
+__all__ = ["HashEmbeddingBag", "MixedDimEmbeddingBag", "md_dims"]
+
+_HASHES = ("remainder", "universal")
+
+
+class HashEmbeddingBag(nn.Module):
+    r"""The hashing trick: ``n`` categories share ``num_buckets`` rows of one table.
+
+    Index ``x`` reads row ``h(x)`` with ``h(x) = x mod num_buckets`` (``hash="remainder"``,
+    :class:`~compemb.partitions.RemainderPartition`) or a seeded universal hash
+    (``hash="universal"``, :class:`~compemb.partitions.HashPartition`); the rows are pooled like
+    :class:`torch.nn.EmbeddingBag`. Give ``num_buckets`` or ``num_collisions`` (then
+    ``num_buckets = ceil(n / num_collisions)``), not both.
+
+    The table is initialised U(-sqrt(1/n), sqrt(1/n)) with the ``n`` of the categories, i.e. like
+    the full table it replaces, so outputs have the same scale.
+
+    Args:
+        num_embeddings (int): n, the number of categories; indices must lie in ``[0, n)``.
+        embedding_dim (int): the output width.
+        num_buckets (int, optional): rows of the shared table.
+        num_collisions (int, optional): categories per bucket; ``num_buckets = ceil(n / m)``.
+        hash (str): ``"remainder"`` or ``"universal"``.
+        seed (int): seed of the universal hash.
+        max_norm, norm_type, scale_grad_by_freq, mode, sparse, include_last_offset:
+            as in :class:`torch.nn.EmbeddingBag`. Default ``mode="mean"``.
+        device, dtype: factory arguments.
+
+    Shape:
+        ``input`` ``(B, L)`` or ``(N,)`` with ``offsets``; output ``(B, embedding_dim)``.
+
+    Example::
+
+        >>> bag = HashEmbeddingBag(1000, 16, num_collisions=4, mode="sum")
+        >>> bag.weight.shape
+        torch.Size([250, 16])
+        >>> bag(torch.tensor([[1, 2], [999, 0]])).shape
+        torch.Size([2, 16])
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        num_buckets: Optional[int] = None,
+        num_collisions: Optional[int] = None,
+        hash: str = "remainder",
+        seed: int = 0,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        mode: str = "mean",
+        sparse: bool = False,
+        include_last_offset: bool = False,
+        _weight: Optional[Tensor] = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1, name)
+        self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1, name)
+        self.mode = _check_mode(mode, name)
+        if (num_buckets is None) == (num_collisions is None):
+            raise ValueError(
+                f"{name}: give exactly one of num_buckets and num_collisions, "
+                f"got num_buckets={num_buckets!r}, num_collisions={num_collisions!r}"
+            )
+        if num_buckets is None:
+            _check_int("num_collisions", num_collisions, 1, name)
+            num_buckets = -(-num_embeddings // num_collisions)
+        _check_int("num_buckets", num_buckets, 1, name)
+        if num_buckets > num_embeddings:
+            raise ValueError(
+                f"{name}: num_buckets={num_buckets} exceeds num_embeddings={num_embeddings}; "
+                "a hashed table must not have more rows than categories"
+            )
+        if hash not in _HASHES:
+            raise ValueError(f"{name}: hash must be one of {_HASHES}, got {hash!r}")
+        self.num_buckets = num_buckets
+        self.hash = hash
+        self.seed = seed
+        if hash == "remainder":
+            self.partition = RemainderPartition(num_embeddings, num_buckets)
+        else:
+            self.partition = HashPartition(num_embeddings, num_buckets, seed)
+        self.max_norm = max_norm
+        self.norm_type = norm_type
+        self.scale_grad_by_freq = scale_grad_by_freq
+        self.sparse = bool(sparse)
+        self.include_last_offset = bool(include_last_offset)
+        if _weight is None:
+            self.weight = nn.Parameter(torch.empty(num_buckets, embedding_dim, device=device, dtype=dtype))
+            self.reset_parameters()
+        else:
+            if tuple(_weight.shape) != (num_buckets, embedding_dim):
+                raise ValueError(
+                    f"{name}: _weight has shape {tuple(_weight.shape)}, expected {(num_buckets, embedding_dim)}"
+                )
+            self.weight = nn.Parameter(_weight)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """U(-sqrt(1/n), sqrt(1/n)) with n = num_embeddings (the full table's init)."""
+        bound = math.sqrt(1.0 / self.num_embeddings)
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def buckets(self, indices: Tensor) -> Tensor:
+        """The row of each index (validated: out-of-range indices raise ``IndexError``)."""
+        return self.partition(indices)
+
+    def forward(
+        self,
+        input: Tensor,
+        offsets: Optional[Tensor] = None,
+        per_sample_weights: Optional[Tensor] = None,
+    ) -> Tensor:
+        flat, offsets, per_sample_weights = normalize_bag_input(
+            input,
+            offsets,
+            per_sample_weights,
+            include_last_offset=self.include_last_offset,
+            mode=self.mode,
+            num_embeddings=self.num_embeddings,
+            name=type(self).__name__,
+        )
+        return F.embedding_bag(
+            self.buckets(flat),
+            self.weight,
+            offsets,
+            max_norm=self.max_norm,
+            norm_type=self.norm_type,
+            scale_grad_by_freq=self.scale_grad_by_freq,
+            mode=self.mode,
+            sparse=self.sparse,
+            per_sample_weights=per_sample_weights,
+            include_last_offset=True,
+        )
+
+    def extra_repr(self) -> str:
+        s = f"{self.num_embeddings}, {self.embedding_dim}, num_buckets={self.num_buckets}, hash={self.hash!r}"
+        if self.hash == "universal":
+            s += f", seed={self.seed}"
+        if self.max_norm is not None:
+            s += f", max_norm={self.max_norm}"
+        s += f", mode={self.mode!r}"
+        if self.sparse:
+            s += ", sparse=True"
+        return s
+
+
+def md_dims(
+    cardinalities: Sequence[int],
+    alpha: float,
+    base_dim: int,
+    round_dims: bool = True,
+    min_dim: int = 1,
+    frequencies: Optional[Sequence[float]] = None,
+) -> List[int]:
+    r"""Per-feature embedding widths by the power rule of Ginart et al. (arXiv:1909.11810).
+
+    The rule gives feature ``i`` the width ``d_i = lambda * p_i^(-alpha)`` where ``p_i`` is its
+    popularity proxy; ``lambda`` is fixed so that the feature with the smallest proxy gets
+    exactly ``base_dim``. As in the paper (and DLRM's ``md_solver``) the proxy is the number of rows
+    ``n_i``, divided by ``frequencies[i]`` (average queries per sample) when given. ``alpha = 0``
+    gives every feature ``base_dim``; larger ``alpha`` shrinks the big tables faster.
+
+    Each width is rounded to the nearest integer, raised to at least ``min_dim`` and, with
+    ``round_dims``, rounded to the nearest power of two (in log scale). No width exceeds
+    ``base_dim``: a mixed-dimension table is projected *up* to ``base_dim``.
+
+    Args:
+        cardinalities: rows ``n_i`` of each table (ints >= 1).
+        alpha (float): temperature of the power rule, >= 0.
+        base_dim (int): width of the smallest-proxy table and of every projected output.
+        round_dims (bool): round each width to a power of two.
+        min_dim (int): smallest width allowed (1 <= min_dim <= base_dim).
+        frequencies: optional positive average query counts per table.
+
+    Returns:
+        list of int widths, in the order of ``cardinalities``.
+
+    Example::
+
+        >>> md_dims([10, 1000, 100000], alpha=0.5, base_dim=16)
+        [16, 2, 1]
+        >>> md_dims([10, 1000, 100000], alpha=0.25, base_dim=16, round_dims=False)
+        [16, 5, 2]
+    """
+    cards = list(cardinalities)
+    if not cards:
+        raise ValueError("md_dims: cardinalities is empty")
+    for n in cards:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"md_dims: every cardinality must be an int >= 1, got {n!r}")
+    alpha = float(alpha)
+    if not math.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"md_dims: alpha must be a finite number >= 0, got {alpha!r}")
+    _check_int("base_dim", base_dim, 1, "md_dims")
+    _check_int("min_dim", min_dim, 1, "md_dims")
+    if min_dim > base_dim:
+        raise ValueError(f"md_dims: min_dim={min_dim} exceeds base_dim={base_dim}")
+    if frequencies is None:
+        proxies = [float(n) for n in cards]
+    else:
+        freqs = list(frequencies)
+        if len(freqs) != len(cards):
+            raise ValueError(
+                f"md_dims: {len(freqs)} frequencies for {len(cards)} cardinalities"
+            )
+        for f in freqs:
+            if not (isinstance(f, (int, float)) and math.isfinite(f) and f > 0):
+                raise ValueError(f"md_dims: every frequency must be a finite number > 0, got {f!r}")
+        proxies = [n / f for n, f in zip(cards, freqs)]
+    smallest = min(proxies)
+    dims = []
+    for p in proxies:
+        d = base_dim * (smallest / p) ** alpha  # = lambda * p^(-alpha), lambda = base_dim * min^alpha
+        d = max(min_dim, int(math.floor(d + 0.5)))
+        if round_dims:
+            d = 2 ** int(math.floor(math.log2(d) + 0.5))
+            d = max(d, min_dim)
+        dims.append(min(d, base_dim))
+    return dims
+
+
+class MixedDimEmbeddingBag(nn.Module):
+    r"""A table of its own width ``md_dim``, projected to the common width ``embedding_dim``.
+
+    ``e(x) = P w_x`` with ``w_x`` a row of ``weight`` (``n x md_dim``) and ``P`` the
+    ``embedding_dim x md_dim`` matrix ``projection`` (Ginart et al., arXiv:1909.11810). With
+    ``md_dim == embedding_dim`` there is no projection. Bags are pooled like
+    :class:`torch.nn.EmbeddingBag`; for ``sum``/``mean`` the projection is applied once per bag
+    (it commutes with weighted sums), for ``max`` once per index, before pooling.
+
+    **Initialisation.** ``weight`` is U(-sqrt(1/n), sqrt(1/n)); ``projection`` has orthonormal
+    columns times ``sqrt(embedding_dim / md_dim)``, so the norm of ``P w`` is that of ``w`` scaled
+    to ``embedding_dim`` coordinates: every output coordinate has the variance 1/(3n) of a full
+    table's entries.
+
+    Only ``weight`` gets a sparse gradient with ``sparse=True``; ``projection`` is a small dense
+    matrix (give it a dense optimiser, e.g. SparseAdam for ``weight`` and Adam for ``projection``).
+
+    Args:
+        num_embeddings (int): n, the number of categories.
+        embedding_dim (int): the base (output) width.
+        md_dim (int): this table's width, ``1 <= md_dim <= embedding_dim`` (see :func:`md_dims`).
+        max_norm, norm_type, scale_grad_by_freq, mode, sparse, include_last_offset:
+            as in :class:`torch.nn.EmbeddingBag`. Default ``mode="mean"``.
+        device, dtype: factory arguments.
+
+    Shape:
+        ``input`` ``(B, L)`` or ``(N,)`` with ``offsets``; output ``(B, embedding_dim)``.
+
+    Example::
+
+        >>> bag = MixedDimEmbeddingBag(100000, 16, md_dim=4, mode="sum")
+        >>> bag.weight.shape, bag.projection.shape
+        (torch.Size([100000, 4]), torch.Size([16, 4]))
+        >>> bag(torch.tensor([[1, 2], [99999, 0]])).shape
+        torch.Size([2, 16])
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        md_dim: Optional[int] = None,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        mode: str = "mean",
+        sparse: bool = False,
+        include_last_offset: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1, name)
+        self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1, name)
+        md_dim = embedding_dim if md_dim is None else md_dim
+        self.md_dim = _check_int("md_dim", md_dim, 1, name)
+        if md_dim > embedding_dim:
+            raise ValueError(
+                f"{name}: md_dim={md_dim} exceeds embedding_dim={embedding_dim}; "
+                "a mixed-dimension table is projected up to the base width, never down"
+            )
+        self.mode = _check_mode(mode, name)
+        self.max_norm = max_norm
+        self.norm_type = norm_type
+        self.scale_grad_by_freq = scale_grad_by_freq
+        self.sparse = bool(sparse)
+        self.include_last_offset = bool(include_last_offset)
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(num_embeddings, md_dim, **factory))
+        if md_dim < embedding_dim:
+            self.projection = nn.Parameter(torch.empty(embedding_dim, md_dim, **factory))
+        else:
+            self.register_parameter("projection", None)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        bound = math.sqrt(1.0 / self.num_embeddings)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.projection is not None:
+            nn.init.orthogonal_(self.projection, gain=math.sqrt(self.embedding_dim / self.md_dim))
+
+    def forward(
+        self,
+        input: Tensor,
+        offsets: Optional[Tensor] = None,
+        per_sample_weights: Optional[Tensor] = None,
+    ) -> Tensor:
+        flat, offsets, per_sample_weights = normalize_bag_input(
+            input,
+            offsets,
+            per_sample_weights,
+            include_last_offset=self.include_last_offset,
+            mode=self.mode,
+            num_embeddings=self.num_embeddings,
+            name=type(self).__name__,
+        )
+        if self.projection is not None and self.mode == "max":
+            # max does not commute with the projection: project each index, then pool
+            rows = F.embedding(
+                flat, self.weight, max_norm=self.max_norm, norm_type=self.norm_type,
+                scale_grad_by_freq=self.scale_grad_by_freq, sparse=self.sparse,
+            )
+            return _pool_rows(rows @ self.projection.t(), offsets, self.mode, None)
+        pooled = F.embedding_bag(
+            flat,
+            self.weight,
+            offsets,
+            max_norm=self.max_norm,
+            norm_type=self.norm_type,
+            scale_grad_by_freq=self.scale_grad_by_freq,
+            mode=self.mode,
+            sparse=self.sparse,
+            per_sample_weights=per_sample_weights,
+            include_last_offset=True,
+        )
+        if self.projection is None:
+            return pooled
+        return pooled @ self.projection.t()
+
+    def extra_repr(self) -> str:
+        s = f"{self.num_embeddings}, {self.embedding_dim}, md_dim={self.md_dim}"
+        if self.max_norm is not None:
+            s += f", max_norm={self.max_norm}"
+        s += f", mode={self.mode!r}"
+        if self.sparse:
+            s += ", sparse=True"
+        return s

@@ -1,0 +1,330 @@
+"""Table specs (a TorchRec-style dataclass), the builder, and parameter accounting.
+
+:class:`EmbeddingBagConfig` describes one embedding table; :func:`build_embedding_bag` turns it
+into a module whose output width is always ``config.embedding_dim``; :func:`num_parameters` and
+:func:`compression_ratio` measure any of the library's modules, ``torch.nn.EmbeddingBag`` and the
+reference DLRM ``QREmbeddingBag`` alike.
+
+Example::
+
+    >>> from compemb.config import EmbeddingBagConfig, build_embedding_bag, compression_ratio
+    >>> bag = build_embedding_bag(EmbeddingBagConfig("C1", 100_000, 16, method="qr", num_collisions=4))
+    >>> round(compression_ratio(bag), 2)
+    4.0
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+__all__ = [
+    "EmbeddingBagConfig",
+    "METHODS",
+    "build_embedding_bag",
+    "num_parameters",
+    "compression_ratio",
+    "output_width",
+]
+
+METHODS = ("full", "hash", "qr", "gqr", "crt", "path", "md")
+_OPERATIONS = ("mult", "add", "concat")
+_MODES = ("sum", "mean", "max")
+_COMPOSES = ("before_pool", "after_pool")
+_BACKENDS = ("torch", "triton", "fbgemm", "auto")  # compemb.kernels.BACKEND_NAMES
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class EmbeddingBagConfig:
+    """The spec of one embedding table (``docs/architecture.md`` section 3).
+
+    Args:
+        name: the table's (feature's) name, used in error messages.
+        num_embeddings: n, the number of categories.
+        embedding_dim: the output width of the built module, whatever the method.
+        method: ``"full"`` (``nn.EmbeddingBag``), ``"hash"`` (hashing trick), ``"qr"``
+            (quotient–remainder), ``"gqr"`` (generalized QR, ``k`` digits), ``"crt"`` (Chinese
+            remainder, ``k`` moduli), ``"path"`` (path-based, QR partitions) or ``"md"`` (mixed
+            dimension).
+        operation: ``"mult"``, ``"add"`` or ``"concat"``, for qr / gqr / crt.
+        num_collisions: categories per class of the remainder (qr, path) or per bucket (hash).
+        k: number of partitions for gqr / crt.
+        hidden_dims: path only; ``()`` = one linear map per class, else the MLP's hidden sizes.
+        md_dim: md only; this table's own width (``None``: ``embedding_dim``, no projection).
+        mode: ``"sum"``, ``"mean"`` or ``"max"``.
+        compose: ``"before_pool"`` or ``"after_pool"``, for qr / gqr / crt.
+        backend: kernel backend for qr / gqr / crt (``"torch"``, ``"triton"``, ``"fbgemm"``,
+            ``"auto"``); the other methods use ``torch.nn.functional`` and ignore it.
+
+    Every field is validated on construction; a bad one raises ``ValueError``/``TypeError``
+    naming the table, the field and the value. A ``hidden_dims`` list is stored as a tuple.
+    """
+
+    name: str
+    num_embeddings: int
+    embedding_dim: int
+    method: str = "full"
+    operation: str = "mult"
+    num_collisions: int = 4
+    k: int = 2
+    hidden_dims: tuple = ()
+    md_dim: Optional[int] = None
+    mode: str = "sum"
+    compose: str = "before_pool"
+    backend: str = "torch"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"EmbeddingBagConfig: name must be a non-empty str, got {self.name!r}")
+        where = f"EmbeddingBagConfig {self.name!r}"
+
+        def need_int(field: str, minimum: int) -> None:
+            value = getattr(self, field)
+            if not _is_int(value):
+                raise TypeError(f"{where}: {field} must be an int, got {value!r} ({type(value).__name__})")
+            if value < minimum:
+                raise ValueError(f"{where}: {field} must be >= {minimum}, got {value}")
+
+        def need_choice(field: str, choices) -> None:
+            value = getattr(self, field)
+            if value not in choices:
+                raise ValueError(f"{where}: {field} must be one of {choices}, got {value!r}")
+
+        need_int("num_embeddings", 1)
+        need_int("embedding_dim", 1)
+        need_choice("method", METHODS)
+        need_choice("operation", _OPERATIONS)
+        need_int("num_collisions", 1)
+        need_int("k", 1)
+        need_choice("mode", _MODES)
+        need_choice("compose", _COMPOSES)
+        need_choice("backend", _BACKENDS)
+        if isinstance(self.hidden_dims, (str, bytes)) or not hasattr(self.hidden_dims, "__iter__"):
+            raise TypeError(f"{where}: hidden_dims must be a sequence of ints, got {self.hidden_dims!r}")
+        hidden = tuple(self.hidden_dims)
+        for h in hidden:
+            if not _is_int(h) or h < 1:
+                raise ValueError(f"{where}: hidden_dims must hold ints >= 1, got {self.hidden_dims!r}")
+        object.__setattr__(self, "hidden_dims", hidden)
+        if self.md_dim is not None:
+            need_int("md_dim", 1)
+            if self.md_dim > self.embedding_dim:
+                raise ValueError(
+                    f"{where}: md_dim={self.md_dim} exceeds embedding_dim={self.embedding_dim} "
+                    "(a mixed-dimension table is projected up to embedding_dim)"
+                )
+        if self.operation == "concat" and self.method in ("qr", "gqr", "crt") and self.embedding_dim < self.k_effective:
+            raise ValueError(
+                f"{where}: operation='concat' splits embedding_dim={self.embedding_dim} across "
+                f"{self.k_effective} tables; it needs embedding_dim >= {self.k_effective}"
+            )
+
+    @property
+    def k_effective(self) -> int:
+        """The number of component tables the method uses (2 for qr and path, ``k`` for gqr/crt)."""
+        if self.method in ("gqr", "crt"):
+            return self.k
+        if self.method in ("qr", "path"):
+            return 2
+        return 1
+
+
+def _full_embedding_bag(config: EmbeddingBagConfig, sparse, include_last_offset, device, dtype) -> nn.EmbeddingBag:
+    bag = nn.EmbeddingBag(
+        config.num_embeddings,
+        config.embedding_dim,
+        mode=config.mode,
+        sparse=sparse,
+        include_last_offset=include_last_offset,
+        device=device,
+        dtype=dtype,
+    )
+    bound = math.sqrt(1.0 / config.num_embeddings)
+    with torch.no_grad():
+        nn.init.uniform_(bag.weight, -bound, bound)
+    return bag
+
+
+def _compressed_embedding_bag(config: EmbeddingBagConfig, sparse, include_last_offset, device, dtype) -> nn.Module:
+    n, d, method = config.num_embeddings, config.embedding_dim, config.method
+    common = dict(mode=config.mode, sparse=sparse, include_last_offset=include_last_offset, device=device, dtype=dtype)
+    if method == "hash":
+        from compemb.baselines import HashEmbeddingBag
+
+        return HashEmbeddingBag(n, d, num_collisions=config.num_collisions, **common)
+    if method == "md":
+        from compemb.baselines import MixedDimEmbeddingBag
+
+        return MixedDimEmbeddingBag(n, d, md_dim=config.md_dim, **common)
+    if method == "path":
+        from compemb.path import PathEmbeddingBag
+
+        return PathEmbeddingBag(n, d, num_collisions=config.num_collisions, hidden_dims=config.hidden_dims, **common)
+    from compemb import partitions
+    from compemb.modules import CompositionalEmbeddingBag
+
+    if method == "qr":
+        family = partitions.quotient_remainder(n, config.num_collisions)
+    elif method == "gqr":
+        family = partitions.generalized_qr(n, k=config.k)
+    else:  # crt
+        family = partitions.chinese_remainder(n, k=config.k)
+    return CompositionalEmbeddingBag(
+        n, d, family=family, operation=config.operation, compose=config.compose, backend=config.backend, **common
+    )
+
+
+def _cannot_compress_reason(config: EmbeddingBagConfig) -> Optional[str]:
+    """Why a compressed method is pointless for this table, known before building it, or None."""
+    n, m = config.num_embeddings, config.num_collisions
+    if config.method in ("qr", "path", "hash") and m >= n:
+        return f"num_collisions={m} >= num_embeddings={n} puts every category in one class"
+    return None
+
+
+def build_embedding_bag(
+    config: EmbeddingBagConfig,
+    *,
+    sparse: bool = False,
+    include_last_offset: bool = False,
+    device=None,
+    dtype=None,
+    fallback: bool = True,
+) -> nn.Module:
+    """Build the module a :class:`EmbeddingBagConfig` describes; its output width is ``embedding_dim``.
+
+    ``full`` is a ``torch.nn.EmbeddingBag`` initialised U(-sqrt(1/n), sqrt(1/n)) (DLRM's init, not
+    torch's N(0, 1)); ``hash`` a :class:`~compemb.baselines.HashEmbeddingBag` with ``num_collisions``
+    ids per bucket; ``qr``/``gqr``/``crt`` a :class:`~compemb.modules.CompositionalEmbeddingBag`
+    over ``quotient_remainder(n, num_collisions)``, ``generalized_qr(n, k=k)`` or
+    ``chinese_remainder(n, k=k)``; ``path`` a :class:`~compemb.path.PathEmbeddingBag` (quotient
+    base table, one map per remainder class); ``md`` a
+    :class:`~compemb.baselines.MixedDimEmbeddingBag`.
+
+    **Tables that cannot be compressed.** When the compressed module would hold at least as
+    many parameters as the full ``n x embedding_dim`` table (tiny ``n``, large per-class MLPs,
+    ``md`` at full width ...), or when ``num_collisions >= n`` for qr, path or hash (one class
+    for everything), a full table is built instead (``fallback=True``, the default) or a
+    ``ValueError`` naming the table is raised (``fallback=False``). Which tables deserve
+    compression in a model (DLRM's size threshold) is decided by the caller, not here. Every
+    built module records the decision in attributes: ``requested_method`` (``config.method``),
+    ``built_method`` (what was built), ``fallback_reason`` (``None`` or why) and ``config``.
+
+    Args:
+        config: the table spec.
+        sparse: sparse gradients (for ``torch.optim.SGD``/``SparseAdam``).
+        include_last_offset: the ``nn.EmbeddingBag`` offsets convention of the built module.
+        device, dtype: factory arguments.
+        fallback: build a full table when compression cannot reduce the parameter count.
+
+    Example::
+
+        >>> bag = build_embedding_bag(EmbeddingBagConfig("tiny", 3, 16, method="qr"))
+        >>> bag.built_method, type(bag).__name__
+        ('full', 'EmbeddingBag')
+    """
+    if not isinstance(config, EmbeddingBagConfig):
+        raise TypeError(f"build_embedding_bag: expected an EmbeddingBagConfig, got {type(config).__name__}")
+    full_params = config.num_embeddings * config.embedding_dim
+    built = None
+    reason = None
+    if config.method != "full":
+        reason = _cannot_compress_reason(config)
+        if reason is None:
+            built = _compressed_embedding_bag(config, sparse, include_last_offset, device, dtype)
+            params = num_parameters(built)
+            if params >= full_params:
+                reason = f"it would hold {params} parameters, not fewer than the full table's {full_params}"
+                built = None
+        if reason is not None and not fallback:
+            raise ValueError(
+                f"build_embedding_bag: table {config.name!r} (n={config.num_embeddings}, "
+                f"embedding_dim={config.embedding_dim}) cannot be compressed with method="
+                f"{config.method!r}: {reason}"
+            )
+    if built is None:
+        built = _full_embedding_bag(config, sparse, include_last_offset, device, dtype)
+        built_method = "full"
+    else:
+        built_method = config.method
+    built.config = config
+    built.requested_method = config.method
+    built.built_method = built_method
+    built.fallback_reason = reason
+    return built
+
+
+# ----------------------------------------------------------------------------------------------
+# accounting
+
+
+def num_parameters(module: nn.Module) -> int:
+    """The number of (distinct) parameter entries of an embedding module.
+
+    Counts every parameter once (shared tensors once), buffers not at all. Works for any module,
+    in particular ``nn.EmbeddingBag`` and all of compemb's.
+
+    Example::
+
+        >>> num_parameters(nn.EmbeddingBag(10, 4))
+        40
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"num_parameters: expected an nn.Module, got {type(module).__name__}")
+    return sum(p.numel() for p in module.parameters())
+
+
+def _num_categories(module: nn.Module) -> int:
+    # The reference DLRM QREmbeddingBag keeps n in num_categories and a list in num_embeddings.
+    for attr in ("num_categories", "num_embeddings"):
+        value = getattr(module, attr, None)
+        if _is_int(value):
+            return value
+    raise TypeError(
+        f"{type(module).__name__} exposes no int num_embeddings (or num_categories): cannot tell "
+        "how many categories it embeds"
+    )
+
+
+def output_width(module: nn.Module) -> int:
+    """The width of the vectors ``module`` returns.
+
+    ``output_dim`` when the module declares it, else ``embedding_dim`` when it is an int; for the reference-DLRM style ``embedding_dim`` list of
+    per-table widths, their sum under ``operation="concat"`` and the common width otherwise.
+    """
+    declared = getattr(module, "output_dim", None)  # e.g. compemb's QREmbeddingBag
+    if _is_int(declared):
+        return declared
+    value = getattr(module, "embedding_dim", None)
+    if _is_int(value):
+        return value
+    if isinstance(value, (list, tuple)) and value and all(_is_int(v) for v in value):
+        if getattr(module, "operation", None) == "concat":
+            return sum(value)
+        return value[0]
+    raise TypeError(f"{type(module).__name__} exposes no usable embedding_dim (got {value!r})")
+
+
+def compression_ratio(module: nn.Module) -> float:
+    """``n x width`` of the full table over the module's :func:`num_parameters`.
+
+    ``n`` is the module's ``num_embeddings`` (``num_categories`` for DLRM's QR module) and
+    ``width`` its output width (:func:`output_width`); 1.0 for a full table, above 1 when the
+    module is smaller.
+
+    Example::
+
+        >>> compression_ratio(nn.EmbeddingBag(10, 4))
+        1.0
+    """
+    params = num_parameters(module)
+    if params == 0:
+        raise ValueError(f"compression_ratio: {type(module).__name__} has no parameters")
+    return _num_categories(module) * output_width(module) / params

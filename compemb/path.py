@@ -1,0 +1,323 @@
+"""Path-based compositional embeddings (Shi et al., KDD 2020, section 3.3).
+
+The first partition of a family indexes a *base table*; every later partition ``P_j`` selects,
+per equivalence class ``c``, a function ``f_{j,c}`` (a linear map, or a small MLP) that is applied
+to the vector in sequence::
+
+    e(x) = f_{k-1, P_{k-1}(x)}( ... f_{1, P_1(x)}( W[P_0(x)] ) ... )
+
+With the default family (quotient first, remainder second) the base table has ``ceil(n/m)`` rows
+and the remainder picks one of ``m`` maps, as in the paper's path-based experiments.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from compemb.functional import embedding_bag_codes, normalize_bag_input
+from compemb.partitions import PartitionFamily, quotient_remainder
+
+__all__ = ["PathEmbeddingBag"]
+
+_MODES = ("sum", "mean", "max")
+
+# activation name -> (function, energy gain^2 of the activation on symmetric inputs of the size
+# an embedding has, ~sqrt(1/n)). ReLU keeps half the energy of a symmetric input; tanh is linear
+# near zero, so it keeps all of it.
+_ACTIVATIONS = {
+    "relu": (F.relu, 2.0),
+    "leaky_relu": (F.leaky_relu, 2.0 / (1.0 + 0.01**2)),
+    "tanh": (torch.tanh, 1.0),
+    "identity": (lambda x: x, 1.0),
+}
+
+
+def _check_int(name: str, value, minimum: int, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}: {name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_mode(mode, owner: str) -> str:
+    if mode not in _MODES:
+        raise ValueError(f"{owner}: mode must be one of {_MODES}, got {mode!r}")
+    return mode
+
+
+def _pool_rows(
+    rows: Tensor, offsets: Tensor, mode: str, per_sample_weights: Optional[Tensor]
+) -> Tensor:
+    """Pool per-index vectors ``rows`` (N, D) into bags given normalised ``offsets`` (B + 1,).
+
+    The functional core's reference pooling, applied to the rows themselves (a one-table "family"
+    whose code of index i is i), so autograd flows into ``rows``; empty bags give zeros.
+    """
+    positions = torch.arange(rows.shape[0], device=rows.device).unsqueeze(0)
+    return embedding_bag_codes(positions, offsets, [rows], "add", mode, "before_pool", per_sample_weights)
+
+
+class _SparseRowGather(torch.autograd.Function):
+    """``weight[idx]`` along dim 0 whose gradient is a (hybrid) sparse COO tensor.
+
+    ``F.embedding(sparse=True)`` only serves 2-D tables; the per-class maps are 3-D.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, idx: Tensor) -> Tensor:
+        ctx.save_for_backward(idx)
+        ctx.weight_shape = weight.shape
+        return weight.index_select(0, idx)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (idx,) = ctx.saved_tensors
+        sparse_grad = torch.sparse_coo_tensor(
+            idx.unsqueeze(0), grad.contiguous(), ctx.weight_shape, check_invariants=False
+        )
+        return sparse_grad, None
+
+
+def _gather_rows(weight: Tensor, idx: Tensor, sparse: bool) -> Tensor:
+    if sparse and weight.requires_grad and torch.is_grad_enabled():
+        return _SparseRowGather.apply(weight, idx)
+    return weight.index_select(0, idx)
+
+
+def _apply_class_maps(x: Tensor, weight: Tensor, classes: Tensor, sparse: bool) -> Tensor:
+    """``y[i] = x[i] @ weight[classes[i]]`` for ``x`` (N, in), ``weight`` (C, in, out).
+
+    With few classes (C <= in) one matmul against all C maps followed by a gather is cheaper
+    than gathering N matrices; the gathered form is kept for sparse gradients (only the used
+    classes' maps get a gradient row) and for many classes.
+    """
+    num_classes, fan_in, fan_out = weight.shape
+    if num_classes <= fan_in and not (sparse and weight.requires_grad and torch.is_grad_enabled()):
+        num = x.shape[0]
+        every = (x @ weight.permute(1, 0, 2).reshape(fan_in, num_classes * fan_out)).view(num, num_classes, fan_out)
+        return every.gather(1, classes.view(num, 1, 1).expand(num, 1, fan_out)).squeeze(1)
+    return torch.bmm(x.unsqueeze(1), _gather_rows(weight, classes, sparse)).squeeze(1)
+
+
+@torch.no_grad()
+def _batched_orthogonal_(weight: Tensor, gain: float = 1.0) -> Tensor:
+    """Fill ``weight`` (C, a, b) with C independent (semi-)orthogonal matrices times ``gain``.
+
+    One batched QR; the sign fix makes the draw uniform (Haar) as in ``nn.init.orthogonal_``.
+    """
+    if weight.device.type == "meta" or weight.numel() == 0:
+        return weight
+    num, rows, cols = weight.shape
+    tall = rows >= cols
+    shape = (num, rows, cols) if tall else (num, cols, rows)
+    gaussian = torch.randn(shape, dtype=torch.float64 if weight.dtype == torch.float64 else torch.float32)
+    q, r = torch.linalg.qr(gaussian)
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+    if not tall:
+        q = q.transpose(-2, -1)
+    weight.copy_(q * gain)
+    return weight
+
+
+class _ClassMaps(nn.Module):
+    """The per-class functions of one partition: ``num_classes`` MLPs stored as batched tensors.
+
+    Layer ``l`` has ``weights[l]`` of shape ``(num_classes, in_l, out_l)`` (applied as
+    ``x @ W[c]``) and, for an MLP, ``biases[l]`` of shape ``(num_classes, out_l)``.
+    """
+
+    def __init__(self, num_classes: int, dims: Sequence[int], bias: bool, device, dtype):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.num_classes = num_classes
+        self.dims = tuple(dims)
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.empty(num_classes, fan_in, fan_out, **factory))
+            for fan_in, fan_out in zip(self.dims[:-1], self.dims[1:])
+        )
+        if bias:
+            self.biases = nn.ParameterList(
+                nn.Parameter(torch.empty(num_classes, fan_out, **factory)) for fan_out in self.dims[1:]
+            )
+        else:
+            self.biases = None
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, dims={self.dims}, bias={self.biases is not None}"
+
+
+class PathEmbeddingBag(nn.Module):
+    r"""Path-based compositional embedding bag (Shi et al., KDD 2020, section 3.3).
+
+    The first partition of ``family`` indexes a base table ``weight`` of shape
+    ``(family.table_sizes[0], embedding_dim)``. Each later partition ``j`` holds one function per
+    equivalence class — a linear map ``D -> D`` when ``hidden_dims`` is empty, else an MLP
+    ``D -> h_1 -> ... -> D`` with ``activation`` between layers — and the function of the index's
+    class is applied in sequence. The composed vector of each index is then pooled over its bag
+    exactly like :class:`torch.nn.EmbeddingBag`.
+
+    The per-class functions are stored as batched tensors and applied per layer either as one
+    gather of the index's matrices and a ``torch.bmm``, or (few classes) one matmul against all
+    classes' maps and a gather: there is no Python loop over indices or classes in ``forward``.
+
+    **Initialisation.** The base table is drawn from U(-sqrt(1/n), sqrt(1/n)), like a full table of
+    the same ``n``. Each per-class weight is a random (semi-)orthogonal matrix and biases start at
+    zero: a square orthogonal map preserves the norm exactly, so with linear maps the composed
+    vectors have exactly the distribution scale of the full table (variance 1/(3n) per coordinate).
+    For MLPs each layer's gain is ``sqrt(in / min(in, out))`` (a random projection to fewer
+    dimensions keeps that fraction of the energy on average) times the activation's gain
+    (``sqrt(2)`` after ReLU, 1 after tanh, which is linear at this scale), so the expected energy
+    of the output equals the input's. The maps also start *distinct* per class, so the n composed
+    vectors are distinct from the first step (an identity start would collide them).
+
+    Args:
+        num_embeddings (int): n, the number of categories; indices must lie in ``[0, n)``.
+        embedding_dim (int): D, the width of the base table and of the output.
+        family (PartitionFamily, optional): the partitions; the first indexes the base table.
+            Default: ``[quotient, remainder]`` of ``quotient_remainder(n, num_collisions)``.
+        num_collisions (int): m of the default family (ignored when ``family`` is given).
+        hidden_dims (sequence of int): hidden sizes of each per-class MLP; ``()`` = linear maps.
+        activation (str): ``"relu"`` | ``"leaky_relu"`` | ``"tanh"`` | ``"identity"``, between layers.
+        mode (str): ``"sum"`` | ``"mean"`` | ``"max"``, how a bag is pooled. Default ``"mean"``.
+        sparse (bool): gradients of the base table and of the per-class maps are sparse tensors
+            (usable with ``torch.optim.SGD`` and ``torch.optim.SparseAdam``).
+        include_last_offset (bool): as in :class:`torch.nn.EmbeddingBag`.
+        allow_collisions (bool): accept a family that is not complementary.
+        device, dtype: factory arguments for the parameters.
+
+    Shape:
+        - ``input``: ``(B, L)`` int64 without ``offsets``, or ``(N,)`` with ``offsets`` ``(B,)``
+          (``(B + 1,)`` with ``include_last_offset=True``).
+        - ``per_sample_weights``: same shape as ``input``, ``mode="sum"`` only.
+        - output: ``(B, embedding_dim)``.
+
+    Example::
+
+        >>> bag = PathEmbeddingBag(1000, 16, num_collisions=4, hidden_dims=(32,), mode="sum")
+        >>> bag(torch.tensor([[1, 2], [999, 0]])).shape
+        torch.Size([2, 16])
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        family: Optional[PartitionFamily] = None,
+        num_collisions: int = 4,
+        hidden_dims: Sequence[int] = (),
+        activation: str = "relu",
+        mode: str = "mean",
+        sparse: bool = False,
+        include_last_offset: bool = False,
+        allow_collisions: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1, name)
+        self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1, name)
+        self.mode = _check_mode(mode, name)
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"{name}: activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
+        hidden_dims = tuple(hidden_dims)
+        for h in hidden_dims:
+            _check_int("each of hidden_dims", h, 1, name)
+        self.hidden_dims = hidden_dims
+        self.sparse = bool(sparse)
+        self.include_last_offset = bool(include_last_offset)
+        if family is None:
+            _check_int("num_collisions", num_collisions, 1, name)
+            qr = quotient_remainder(num_embeddings, num_collisions)
+            family = PartitionFamily([qr[1], qr[0]])  # quotient -> base table, remainder -> maps
+            self.num_collisions = num_collisions
+        else:
+            if not isinstance(family, PartitionFamily):
+                raise TypeError(f"{name}: family must be a PartitionFamily, got {type(family).__name__}")
+            if family.n != num_embeddings:
+                raise ValueError(
+                    f"{name}: family covers n={family.n} categories but num_embeddings={num_embeddings}"
+                )
+            self.num_collisions = None
+        if not allow_collisions and not family.is_complementary():
+            raise ValueError(
+                f"{name}: the partition family {family!r} is not complementary for n={num_embeddings} "
+                "(two categories would share an embedding); pass allow_collisions=True to accept it"
+            )
+        self.family = family
+        sizes = tuple(int(s) for s in family.table_sizes)
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(sizes[0], embedding_dim, **factory))
+        dims = (embedding_dim,) + hidden_dims + (embedding_dim,)
+        self.maps = nn.ModuleList(
+            _ClassMaps(size, dims, bias=bool(hidden_dims), **factory) for size in sizes[1:]
+        )
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Base table U(±sqrt(1/n)); per-class maps (semi-)orthogonal with energy-keeping gains."""
+        bound = math.sqrt(1.0 / self.num_embeddings)
+        nn.init.uniform_(self.weight, -bound, bound)
+        activation_gain2 = _ACTIVATIONS[self.activation][1]
+        for maps in self.maps:
+            for layer, weight in enumerate(maps.weights):
+                _, fan_in, fan_out = weight.shape
+                gain2 = fan_in / min(fan_in, fan_out)
+                if layer > 0:
+                    gain2 *= activation_gain2
+                _batched_orthogonal_(weight, math.sqrt(gain2))
+            if maps.biases is not None:
+                for bias in maps.biases:
+                    bias.zero_()
+
+    def compose(self, indices: Tensor) -> Tensor:
+        """The composed embedding ``(N, D)`` of each index in a 1-D int64 tensor (validated)."""
+        codes = self.family.encode(indices)
+        x = F.embedding(codes[0], self.weight, sparse=self.sparse)
+        act = _ACTIVATIONS[self.activation][0]
+        for j, maps in enumerate(self.maps):  # loop over partitions and layers, never classes
+            classes = codes[j + 1]
+            last = len(maps.weights) - 1
+            for layer, weight in enumerate(maps.weights):
+                x = _apply_class_maps(x, weight, classes, self.sparse)
+                if maps.biases is not None:
+                    x = x + _gather_rows(maps.biases[layer], classes, self.sparse)
+                if layer < last:
+                    x = act(x)
+        return x
+
+    def forward(
+        self,
+        input: Tensor,
+        offsets: Optional[Tensor] = None,
+        per_sample_weights: Optional[Tensor] = None,
+    ) -> Tensor:
+        flat, offsets, per_sample_weights = normalize_bag_input(
+            input,
+            offsets,
+            per_sample_weights,
+            include_last_offset=self.include_last_offset,
+            mode=self.mode,
+            num_embeddings=self.num_embeddings,
+            name=type(self).__name__,
+        )
+        return _pool_rows(self.compose(flat), offsets, self.mode, per_sample_weights)
+
+    def extra_repr(self) -> str:
+        s = f"{self.num_embeddings}, {self.embedding_dim}, table_sizes={tuple(self.family.table_sizes)}"
+        s += f", hidden_dims={self.hidden_dims}"
+        if self.hidden_dims:
+            s += f", activation={self.activation!r}"
+        s += f", mode={self.mode!r}"
+        if self.sparse:
+            s += ", sparse=True"
+        if self.include_last_offset:
+            s += ", include_last_offset=True"
+        return s

@@ -1,0 +1,516 @@
+"""The DLRM of Naumov et al. (arXiv 1906.00091) over compemb's embedding bags.
+
+A bottom MLP maps the dense features to a ``d``-wide vector; one embedding bag per categorical
+feature maps its bag of ids to a vector; the interaction either takes the pairwise dot products of
+all these vectors (lower triangle, with or without the diagonal) or concatenates them; a top MLP
+maps the result to one logit, and ``sigmoid`` gives the click probability.
+
+Every table is built from its own :class:`compemb.config.EmbeddingBagConfig`, so any mix of methods
+(full, hash, qr, gqr, crt, path, md) works. compemb's generic modules always return
+``embedding_dim`` columns. Two kinds of table can be wider or narrower than the interaction width
+``d`` (= ``arch_sparse_feature_size``): the DLRM-compatible :class:`compemb.modules.QREmbeddingBag`
+with ``operation="concat"`` (``2d`` columns, as in the reference DLRM) and any module whose output
+width differs from ``d`` (e.g. a mixed-dimension table built without its own projection). For the
+``dot`` interaction such a table gets a bias-free linear projection to ``d`` (counted with the MLP
+parameters), so a size threshold never breaks the interaction — the fault of the reference DLRM,
+where thresholded concat tables were ``2d`` wide and the others ``d``. The ``cat`` interaction
+needs no projection.
+
+Example::
+
+    >>> import torch
+    >>> from dlrm.model import DLRM, DLRMConfig, table_specs
+    >>> specs = table_specs([1000, 10], 8, method="qr", threshold=100, num_collisions=4)
+    >>> model = DLRM(DLRMConfig(num_dense=3, bottom_mlp=(16, 8), top_mlp=(16, 1), tables=specs))
+    >>> dense = torch.randn(2, 3)
+    >>> idx = [torch.tensor([1, 999]), torch.tensor([0, 9])]
+    >>> offs = [torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2])]
+    >>> model(dense, idx, offs).shape
+    torch.Size([2])
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+__all__ = [
+    "DLRM",
+    "DLRMConfig",
+    "table_specs",
+    "interaction_output_dim",
+    "dot_interaction",
+    "METHODS",
+    "INTERACTIONS",
+]
+
+METHODS = ("full", "hash", "qr", "gqr", "crt", "path", "md")
+INTERACTIONS = ("dot", "cat")
+
+
+def _embedding_bag_config():
+    from compemb.config import EmbeddingBagConfig
+
+    return EmbeddingBagConfig
+
+
+def table_specs(
+    cardinalities: Sequence[int],
+    embedding_dim: int,
+    method: str = "full",
+    *,
+    threshold: int = 0,
+    feature_names: Optional[Sequence[str]] = None,
+    md_temperature: Optional[float] = None,
+    **options,
+) -> list:
+    """Derive one table spec per categorical feature, compressing only the large tables.
+
+    As in the paper, only tables with MORE rows than ``threshold`` use ``method``; the others are
+    full tables. With ``method="md"`` the compressed tables get per-table widths from
+    :func:`compemb.md_dims` with temperature ``md_temperature`` (``alpha``), unless ``md_dim`` is
+    given in ``options``.
+
+    Args:
+        cardinalities: rows of each table.
+        embedding_dim: output width ``d`` of every table.
+        method: ``full | hash | qr | gqr | crt | path | md``.
+        threshold: tables with ``rows > threshold`` are compressed.
+        feature_names: names of the tables (default ``"t0"``, ``"t1"``, ...).
+        md_temperature: ``alpha`` for mixed dimensions.
+        **options: further fields of :class:`compemb.config.EmbeddingBagConfig`
+            (``operation``, ``num_collisions``, ``k``, ``hidden_dims``, ``compose``, ``backend``,
+            ``mode``, ``md_dim``).
+
+    Returns:
+        list of :class:`compemb.config.EmbeddingBagConfig`.
+
+    Example::
+
+        >>> [s.method for s in table_specs([5, 500], 4, "hash", threshold=10, num_collisions=2)]
+        ['full', 'hash']
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
+        raise ValueError(f"threshold must be a non-negative int, got {threshold!r}")
+    cards = [int(c) for c in cardinalities]
+    for i, c in enumerate(cards):
+        if c < 1:
+            raise ValueError(f"cardinality of table {i} must be >= 1, got {c}")
+    if feature_names is None:
+        feature_names = [f"t{i}" for i in range(len(cards))]
+    if len(feature_names) != len(cards):
+        raise ValueError(
+            f"{len(feature_names)} feature names for {len(cards)} cardinalities"
+        )
+    if len(set(feature_names)) != len(feature_names):
+        raise ValueError(f"duplicate feature names in {list(feature_names)}")
+    config_cls = _embedding_bag_config()
+    compressed = [c > threshold for c in cards]
+    md_widths: Dict[int, int] = {}
+    if method == "md" and "md_dim" not in options:
+        alpha = 0.3 if md_temperature is None else float(md_temperature)
+        big = [i for i, flag in enumerate(compressed) if flag]
+        if big:
+            from compemb import md_dims
+
+            dims = md_dims([cards[i] for i in big], alpha, embedding_dim)
+            md_widths = {i: int(w) for i, w in zip(big, dims)}
+    specs = []
+    shared = {k: v for k, v in options.items() if k in ("mode", "backend")}
+    for i, (name, rows) in enumerate(zip(feature_names, cards)):
+        if compressed[i] and method != "full":
+            extra = dict(options)
+            if method == "md" and i in md_widths:
+                extra["md_dim"] = md_widths[i]
+            specs.append(
+                config_cls(name=str(name), num_embeddings=rows, embedding_dim=embedding_dim,
+                           method=method, **extra)
+            )
+        else:
+            specs.append(
+                config_cls(name=str(name), num_embeddings=rows, embedding_dim=embedding_dim,
+                           method="full", **shared)
+            )
+    return specs
+
+
+@dataclass
+class DLRMConfig:
+    """Architecture of a :class:`DLRM`.
+
+    Args:
+        num_dense: number of dense features (0: no bottom MLP; the interaction then uses the
+            embeddings only).
+        bottom_mlp: layer widths of the bottom MLP after the input (DLRM's ``--arch-mlp-bot``
+            without its first entry); the last one is the interaction width ``d`` for ``dot``.
+        top_mlp: layer widths of the top MLP after the interaction (DLRM's ``--arch-mlp-top``);
+            must end in 1 (the logit).
+        tables: one :class:`compemb.config.EmbeddingBagConfig` per categorical feature, in the
+            order of the batch's ``indices``.
+        interaction: ``"dot"`` or ``"cat"``.
+        interaction_itself: ``dot`` only: include each vector's dot product with itself.
+        arch_sparse_feature_size: the interaction width ``d``; ``None`` takes the last bottom
+            MLP width, or (without dense features) the tables' ``embedding_dim``.
+        dlrm_compatible_qr: build ``method="qr"`` tables with the DLRM-compatible
+            :class:`compemb.modules.QREmbeddingBag` (``concat`` returns ``2 * embedding_dim``
+            columns, projected to ``d`` for the dot interaction).
+        sparse: ask embedding modules for sparse gradients where they support them.
+        fused_optimizer: ``None``, or ``"exact_rowwise_adagrad"`` / ``"exact_sgd"``: serve all
+            tables from one :class:`compemb.collection.CompositionalEmbeddingBagCollection` on
+            FBGEMM, whose optimizer updates the tables inside the backward pass (methods
+            ``full``, ``qr``, ``gqr``, ``crt`` only; the tables are then no ``nn.Parameter``).
+        fused_learning_rate: the fused optimizer's step size.
+    """
+
+    num_dense: int
+    bottom_mlp: Tuple[int, ...]
+    top_mlp: Tuple[int, ...]
+    tables: list = field(default_factory=list)
+    interaction: str = "dot"
+    interaction_itself: bool = False
+    arch_sparse_feature_size: Optional[int] = None
+    dlrm_compatible_qr: bool = False
+    sparse: bool = False
+    fused_optimizer: Optional[str] = None
+    fused_learning_rate: float = 0.01
+
+    def __post_init__(self):
+        self.bottom_mlp = tuple(int(x) for x in self.bottom_mlp)
+        self.top_mlp = tuple(int(x) for x in self.top_mlp)
+        self.tables = list(self.tables)
+        if isinstance(self.num_dense, bool) or not isinstance(self.num_dense, int) or self.num_dense < 0:
+            raise ValueError(f"num_dense must be a non-negative int, got {self.num_dense!r}")
+        if self.interaction not in INTERACTIONS:
+            raise ValueError(f"interaction must be one of {INTERACTIONS}, got {self.interaction!r}")
+        for name, sizes in (("bottom_mlp", self.bottom_mlp), ("top_mlp", self.top_mlp)):
+            for s in sizes:
+                if s < 1:
+                    raise ValueError(f"{name} widths must be >= 1, got {sizes}")
+        if self.num_dense > 0 and not self.bottom_mlp:
+            raise ValueError("bottom_mlp must not be empty when num_dense > 0")
+        if not self.top_mlp or self.top_mlp[-1] != 1:
+            raise ValueError(f"top_mlp must end in 1 (the logit), got {self.top_mlp}")
+        if not self.tables and self.num_dense == 0:
+            raise ValueError("a DLRM needs dense features or at least one table")
+        names = [t.name for t in self.tables]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"duplicate table names {dup}")
+        if self.arch_sparse_feature_size is None:
+            if self.num_dense > 0:
+                self.arch_sparse_feature_size = self.bottom_mlp[-1]
+            else:
+                self.arch_sparse_feature_size = int(self.tables[0].embedding_dim)
+        d = int(self.arch_sparse_feature_size)
+        if d < 1:
+            raise ValueError(f"arch_sparse_feature_size must be >= 1, got {d}")
+        self.arch_sparse_feature_size = d
+        if self.fused_optimizer not in (None, "exact_rowwise_adagrad", "exact_sgd"):
+            raise ValueError(
+                f"fused_optimizer must be None, 'exact_rowwise_adagrad' or 'exact_sgd', got {self.fused_optimizer!r}"
+            )
+        if self.fused_optimizer is not None and (self.sparse or self.dlrm_compatible_qr):
+            raise ValueError("fused_optimizer excludes sparse and dlrm_compatible_qr (FBGEMM updates the tables itself)")
+        if self.interaction == "dot" and self.num_dense > 0 and self.bottom_mlp[-1] != d:
+            raise ValueError(
+                f"dot interaction needs the bottom MLP output width ({self.bottom_mlp[-1]}) to equal "
+                f"arch_sparse_feature_size ({d})"
+            )
+
+    def to_dict(self) -> dict:
+        """A JSON-able view (tables as dicts)."""
+        out = dataclasses.asdict(self)
+        out["tables"] = [dataclasses.asdict(t) for t in self.tables]
+        return out
+
+
+def _mlp(sizes: Sequence[int], sigmoid_last: bool) -> nn.Sequential:
+    layers: List[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        linear = nn.Linear(sizes[i], sizes[i + 1])
+        layers.append(linear)
+        last = i == len(sizes) - 2
+        if not (last and sigmoid_last):
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _reset_linear(linear: nn.Linear) -> None:
+    # DLRM's initialisation (Naumov et al.): W ~ N(0, sqrt(2 / (fan_in + fan_out))),
+    # b ~ N(0, sqrt(1 / fan_out)).
+    fan_out, fan_in = linear.weight.shape
+    with torch.no_grad():
+        linear.weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)))
+        if linear.bias is not None:
+            linear.bias.normal_(0.0, math.sqrt(1.0 / fan_out))
+
+
+def interaction_output_dim(num_vectors: int, d: int, itself: bool, has_dense: bool) -> int:
+    """Width of the dot interaction's output for ``num_vectors`` vectors of width ``d``.
+
+    The pairs of the lower triangle (``F (F - 1) / 2``, or ``F (F + 1) / 2`` with the diagonal),
+    plus the bottom MLP's output (``d``) when there are dense features.
+    """
+    pairs = num_vectors * (num_vectors + 1) // 2 if itself else num_vectors * (num_vectors - 1) // 2
+    return pairs + (d if has_dense else 0)
+
+
+def dot_interaction(vectors: torch.Tensor, itself: bool = False) -> torch.Tensor:
+    """Pairwise dot products of ``F`` vectors per sample, lower triangle flattened.
+
+    Shape:
+        vectors: ``(B, F, d)``; output ``(B, F (F - 1) / 2)`` (``(B, F (F + 1) / 2)`` with
+        ``itself``), pairs ordered row by row: (1,0), (2,0), (2,1), ...
+    """
+    b, f, _ = vectors.shape
+    z = torch.bmm(vectors, vectors.transpose(1, 2))
+    offset = 0 if itself else -1
+    li, lj = torch.tril_indices(f, f, offset=offset, device=vectors.device)
+    return z[:, li, lj]
+
+
+def _build_table(spec, dlrm_compatible_qr: bool, sparse: bool) -> nn.Module:
+    if dlrm_compatible_qr and spec.method == "qr":
+        from compemb.modules import QREmbeddingBag
+
+        return QREmbeddingBag(
+            spec.num_embeddings,
+            spec.embedding_dim,
+            num_collisions=spec.num_collisions,
+            operation=spec.operation,
+            mode=spec.mode,
+            sparse=sparse,
+            compose=spec.compose,
+            backend=spec.backend,
+        )
+    from compemb.config import build_embedding_bag
+
+    return build_embedding_bag(spec, sparse=sparse)
+
+
+@torch.no_grad()
+def _output_width(module: nn.Module) -> int:
+    # Probe with a single one-element bag: the one width fact every module shares, whatever its
+    # method keeps internally.
+    param = next(module.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    out = module(torch.zeros(1, dtype=torch.long, device=device),
+                 torch.tensor([0], dtype=torch.long, device=device))
+    return int(out.shape[-1])
+
+
+def _set_sparse(module: nn.Module, sparse: bool) -> List[nn.Parameter]:
+    """Turn on sparse gradients where the module supports them; return the parameters that do
+    receive sparse gradients (found by one probe backward, so nothing is guessed)."""
+    if not sparse:
+        return []
+    for sub in module.modules():
+        if isinstance(getattr(sub, "sparse", None), bool):
+            try:
+                sub.sparse = True
+            except (AttributeError, TypeError):
+                continue
+    param = next(module.parameters(), None)
+    if param is None:
+        return []
+    device = param.device
+    out = module(torch.zeros(1, dtype=torch.long, device=device),
+                 torch.tensor([0], dtype=torch.long, device=device))
+    out.sum().backward()
+    found = [p for p in module.parameters() if p.grad is not None and p.grad.is_sparse]
+    for p in module.parameters():
+        p.grad = None
+    return found
+
+
+class DLRM(nn.Module):
+    """Deep Learning Recommendation Model (Naumov et al., arXiv 1906.00091).
+
+    Args:
+        config: a :class:`DLRMConfig`.
+
+    Shape:
+        dense: ``(B, num_dense)`` float; ``indices[i]``: 1-D int64 ids of table ``i``;
+        ``offsets[i]``: ``(B + 1,)`` int64 (or ``(B,)`` starts, as ``nn.EmbeddingBag``).
+        Output: ``(B,)`` logits from :meth:`forward`; :meth:`predict` gives probabilities.
+
+    Example::
+
+        >>> import torch
+        >>> from dlrm.model import DLRM, DLRMConfig, table_specs
+        >>> model = DLRM(DLRMConfig(2, (4,), (1,), table_specs([7], 4)))
+        >>> model.predict(torch.ones(3, 2), [torch.tensor([0, 1, 6])], [torch.tensor([0, 1, 2, 3])]).shape
+        torch.Size([3])
+    """
+
+    def __init__(self, config: DLRMConfig):
+        super().__init__()
+        if not isinstance(config, DLRMConfig):
+            raise TypeError(f"config must be a DLRMConfig, got {type(config).__name__}")
+        self.config = config
+        d = config.arch_sparse_feature_size
+        self.bottom = (
+            _mlp((config.num_dense,) + config.bottom_mlp, sigmoid_last=False)
+            if config.num_dense > 0 else None
+        )
+        self.embeddings = nn.ModuleList()
+        self.projections = nn.ModuleDict()
+        self.table_widths: List[int] = []
+        self._sparse_params: List[nn.Parameter] = []
+        self.collection = None
+        if config.fused_optimizer is not None:
+            try:
+                from compemb.collection import CompositionalEmbeddingBagCollection
+                import fbgemm_gpu  # noqa: F401
+            except Exception as exc:  # ImportError, or FBGEMM failing to load its library
+                raise ValueError(
+                    f"fused_optimizer={config.fused_optimizer!r} needs compemb.collection and fbgemm_gpu: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            self.collection = CompositionalEmbeddingBagCollection(
+                config.tables, backend="fbgemm", optimizer=config.fused_optimizer,
+                learning_rate=config.fused_learning_rate, include_last_offset=True,
+            )
+            for i, spec in enumerate(config.tables):
+                self.table_widths.append(int(spec.embedding_dim))
+                if config.interaction == "dot" and spec.embedding_dim != d:
+                    self.projections[str(i)] = nn.Linear(spec.embedding_dim, d, bias=False)
+        for i, spec in enumerate(config.tables if self.collection is None else []):
+            self.embeddings.append(_build_table(spec, config.dlrm_compatible_qr, config.sparse))
+            self.table_widths.append(0)
+            self._adopt_table(i)
+        if config.interaction == "dot":
+            num_vectors = len(config.tables) + (1 if self.bottom is not None else 0)
+            top_in = interaction_output_dim(
+                num_vectors, d, config.interaction_itself, self.bottom is not None
+            )
+        else:
+            top_in = sum(self.table_widths) + (config.bottom_mlp[-1] if self.bottom is not None else 0)
+        self.top = _mlp((top_in,) + config.top_mlp, sigmoid_last=True)
+        self.reset_mlp_parameters()
+
+    def _adopt_table(self, i: int) -> None:
+        bag = self.embeddings[i]
+        sparse_ids = {id(p) for p in self._sparse_params}
+        self._sparse_params.extend(p for p in _set_sparse(bag, self.config.sparse) if id(p) not in sparse_ids)
+        width = _output_width(bag)
+        self.table_widths[i] = width
+        key = str(i)
+        if key in self.projections:
+            del self.projections[key]
+        if self.config.interaction == "dot" and width != self.config.arch_sparse_feature_size:
+            proj = nn.Linear(width, self.config.arch_sparse_feature_size, bias=False)
+            _reset_linear(proj)
+            self.projections[key] = proj
+
+    def replace_table(self, i: int, module: nn.Module) -> None:
+        """Swap table ``i`` for another module (e.g. a hashed table of an exact bucket count).
+
+        For the ``dot`` interaction a width different from ``d`` gets a projection; for ``cat``
+        the width must stay the same (the top MLP's input is fixed).
+        """
+        if not 0 <= i < len(self.embeddings):
+            raise IndexError(f"table index {i} out of range for {len(self.embeddings)} tables")
+        old_width = self.table_widths[i]
+        old_ids = {id(p) for p in self.embeddings[i].parameters()}
+        self._sparse_params = [p for p in self._sparse_params if id(p) not in old_ids]
+        self.embeddings[i] = module
+        self._adopt_table(i)
+        if self.config.interaction == "cat" and self.table_widths[i] != old_width:
+            raise ValueError(
+                f"replacement table {i} is {self.table_widths[i]} wide, the cat interaction needs {old_width}"
+            )
+
+    def reset_mlp_parameters(self) -> None:
+        """Re-draw the MLP and projection weights with DLRM's initialisation."""
+        for module in list(self.top.modules()) + list(self.projections.modules()) + (
+            list(self.bottom.modules()) if self.bottom is not None else []
+        ):
+            if isinstance(module, nn.Linear):
+                _reset_linear(module)
+
+    # -- parameter accounting ------------------------------------------------------------------
+    def table_parameters(self) -> Dict[str, int]:
+        """Parameters of each embedding table (name -> count), projections excluded."""
+        if self.collection is not None:
+            return {spec.name: sum(w.numel() for w in self.collection.tables(spec.name))
+                    for spec in self.config.tables}
+        return {
+            spec.name: sum(p.numel() for p in bag.parameters())
+            for spec, bag in zip(self.config.tables, self.embeddings)
+        }
+
+    def embedding_parameters(self) -> int:
+        """Parameters (trainable entries) of all embedding tables."""
+        return sum(self.table_parameters().values())
+
+    def mlp_parameters(self) -> int:
+        """Parameters of the bottom MLP, the top MLP and the width projections."""
+        mods = [self.top, self.projections] + ([self.bottom] if self.bottom is not None else [])
+        return sum(p.numel() for m in mods for p in m.parameters())
+
+    def num_parameters(self) -> int:
+        """All parameters (``embedding_parameters() + mlp_parameters()``)."""
+        return self.embedding_parameters() + self.mlp_parameters()
+
+    def sparse_parameters(self) -> List[nn.Parameter]:
+        """Parameters that receive sparse gradients (empty unless ``config.sparse``)."""
+        return list(self._sparse_params)
+
+    # -- forward -------------------------------------------------------------------------------
+    def embed(self, indices: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """The (projected) output of every table, each ``(B, width)``."""
+        num_tables = len(self.config.tables)
+        if len(indices) != num_tables or len(offsets) != num_tables:
+            raise ValueError(
+                f"expected {num_tables} index and offset tensors, got "
+                f"{len(indices)} and {len(offsets)}"
+            )
+        if self.collection is not None:
+            raw = self.collection(list(zip(indices, offsets)))
+        else:
+            # The batch format carries (B + 1,) offsets; nn.EmbeddingBag-style modules take the
+            # B starts (include_last_offset is not universal), so drop the last entry.
+            raw = [bag(idx, off[:-1]) for bag, idx, off in zip(self.embeddings, indices, offsets)]
+        outs = []
+        for i, y in enumerate(raw):
+            key = str(i)
+            if key in self.projections:
+                y = self.projections[key](y)
+            outs.append(y)
+        return outs
+
+    def forward(self, dense: torch.Tensor, indices: Sequence[torch.Tensor],
+                offsets: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits ``(B,)``; use :meth:`predict` for probabilities."""
+        if dense.dim() != 2 or dense.shape[1] != self.config.num_dense:
+            raise ValueError(
+                f"dense must be (B, {self.config.num_dense}), got {tuple(dense.shape)}"
+            )
+        vectors = self.embed(indices, offsets)
+        if self.bottom is not None:
+            x = self.bottom(dense)
+            vectors = [x] + vectors
+        else:
+            x = None
+        if self.config.interaction == "dot":
+            z = dot_interaction(torch.stack(vectors, dim=1), self.config.interaction_itself)
+            r = torch.cat([x, z], dim=1) if x is not None else z
+        else:
+            r = torch.cat(vectors, dim=1)
+        return self.top(r).squeeze(-1)
+
+    def predict(self, dense, indices, offsets) -> torch.Tensor:
+        """Click probabilities ``(B,)``."""
+        return torch.sigmoid(self.forward(dense, indices, offsets))
+
+    @staticmethod
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean binary cross-entropy, computed from logits for numerical stability."""
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))

@@ -1,0 +1,165 @@
+"""Shared plumbing of the figure scripts: loading a study's trials, saving figures, the CLI."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: files only
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+__all__ = ["trials_of", "save_figure", "write_csv", "script_main", "hidden_size", "METHOD_STYLE", "log_params_axis",
+           "require"]
+
+#: colours and markers per series, shared by the figures
+METHOD_STYLE = {
+    "full": dict(color="black", marker="*"),
+    "hashing": dict(color="tab:red", marker="x"),
+    "QR concat": dict(color="tab:blue", marker="s"),
+    "QR add": dict(color="tab:green", marker="^"),
+    "QR mult": dict(color="tab:purple", marker="o"),
+}
+
+
+def trials_of(study_or_df, storage: Optional[str] = None) -> pd.DataFrame:
+    """COMPLETE trials, one per grid point, as a DataFrame.
+
+    Args:
+        study_or_df: a DataFrame (from :func:`sweeps.results.trials_frame`), an
+            :class:`optuna.Study`, or a study name (then ``storage`` is its URL).
+    """
+    from sweeps.results import trials_frame
+
+    if isinstance(study_or_df, pd.DataFrame):
+        df = study_or_df
+        if "state" in df.columns:
+            df = df[df["state"] == "COMPLETE"]
+        if "grid_key" in df.columns and "number" in df.columns:
+            keyed = df["grid_key"].notna()
+            first = df[keyed].sort_values("number").drop_duplicates("grid_key", keep="first")
+            dropped = int(keyed.sum() - len(first))
+            df = pd.concat([df[~keyed], first]).sort_values("number")
+            df.attrs["duplicates_dropped"] = dropped
+        return df.reset_index(drop=True)
+    if isinstance(study_or_df, str):
+        if storage is None:
+            raise ValueError(f"study name {study_or_df!r} given without a storage URL")
+        from sweeps.runner import load_study
+
+        study_or_df = load_study(storage, study_or_df)
+    if not hasattr(study_or_df, "get_trials"):
+        raise TypeError(f"expected a DataFrame, an optuna Study or a study name, got {type(study_or_df).__name__}")
+    df = trials_frame(study_or_df, complete_only=True, dedupe=True)
+    if df.attrs.get("duplicates_dropped"):
+        print(f"note: dropped {df.attrs['duplicates_dropped']} duplicate COMPLETE trials (kept the first per grid point)",
+              file=sys.stderr)
+    return df
+
+
+def hidden_size(value: Any) -> Optional[int]:
+    """``"[32]"`` / ``[32]`` / ``(32,)`` -> 32 (the first hidden width), ``None`` when empty."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if isinstance(value, str):
+        value = json.loads(value)
+    value = list(value)
+    return int(value[0]) if value else None
+
+
+def _count_label(x: float, _pos=None) -> str:
+    """5000 -> '5k', 2e6 -> '2M' (parameter counts on a log axis)."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:g}{unit}"
+    return f"{x:g}"
+
+
+def log_params_axis(ax, axis: str = "x") -> None:
+    """A log-scale parameter axis without crowded minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    # labels at 1, 2 and 5 x 10^k: some always fall inside even a narrow range
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=15))
+    target.set_major_formatter(FuncFormatter(_count_label))
+    target.set_minor_formatter(NullFormatter())
+
+
+def save_figure(fig, out_dir: Union[str, os.PathLike], stem: str) -> Dict[str, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"png": out / f"{stem}.png", "pdf": out / f"{stem}.pdf"}
+    fig.savefig(paths["png"], dpi=150, bbox_inches="tight")
+    fig.savefig(paths["pdf"], bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def write_csv(df: pd.DataFrame, out_dir: Union[str, os.PathLike], name: str) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    df.to_csv(path, index=False)
+    return path
+
+
+def require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: the trials lack columns {missing}; have {sorted(df.columns)}")
+
+
+def script_main(argv: Optional[List[str]], make_figure: Callable, default_study: str, space_name: str,
+                description: str, prog: str) -> int:
+    """The command line of one figure script (``python -m paper_figures.figN_… --storage … --study …``)."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--study", default=default_study, help=f"study name (default {default_study})")
+    p.add_argument("--storage", default=None, help="database URL (default: sqlite results/<study>.db)")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--out-dir", default=None, help="default: <results-dir>/figures")
+    p.add_argument("--run-missing", action="store_true",
+                   help=f"run the {space_name!r} grid into the study if it is missing or incomplete")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seeds", default=None, help="comma-separated seeds for --run-missing")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="training config field for --run-missing (JSON value)")
+    p.add_argument("--objective", default=None, help="module:function for --run-missing")
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        paths = run_figure(make_figure, args.study, args.storage, args.results_dir, args.out_dir,
+                           run_missing=args.run_missing, space_name=space_name, workers=args.workers,
+                           seeds=args.seeds, sets=args.set, objective=args.objective)
+    except (KeyError, ValueError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def run_figure(make_figure: Callable, study: str, storage: Optional[str], results_dir: str, out_dir: Optional[str],
+               run_missing: bool = False, space_name: Optional[str] = None, workers: int = 1,
+               seeds: Optional[str] = None, sets: Sequence[str] = (), objective: Optional[str] = None) -> Dict[str, Path]:
+    from sweeps.runner import DEFAULT_OBJECTIVE, default_storage_url, load_study, run_sweep
+
+    url = storage or default_storage_url(study, results_dir)
+    out = out_dir or os.path.join(results_dir, "figures")
+    if run_missing:
+        from sweeps.cli import _seeds, parse_set
+
+        rep = run_sweep(space_name, storage=url, study_name=study, objective=objective or DEFAULT_OBJECTIVE,
+                        workers=workers, overrides=parse_set(list(sets)), seeds=_seeds(seeds), results_dir=results_dir)
+        print(rep.summary(), file=sys.stderr)
+    try:
+        st = load_study(url, study)
+    except KeyError as exc:
+        raise KeyError(f"{exc.args[0]}; pass --run-missing to run the {space_name!r} grid") from None
+    return make_figure(st, out)

@@ -1,0 +1,85 @@
+"""``compemb figures``: regenerate the paper's figures from a study.
+
+Usage::
+
+    compemb figures                                  # each figure from its own paper study
+    compemb figures --study demo                     # all four from one study
+    compemb figures fig1 fig4 --study paper-all --storage postgresql://...
+    compemb figures fig1 --run-missing --seeds 0,1,2 # run the figure's grid first if needed
+
+Figures land in ``<results-dir>/figures`` (``--out-dir`` to change), each as PNG, PDF and the CSV
+behind it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Dict, List, Optional, Sequence
+
+__all__ = ["main", "FIGURES", "make_all"]
+
+#: figure -> (module, default study / grid space)
+FIGURES = {
+    "fig1": ("paper_figures.fig1_collisions", "paper-collisions"),
+    "fig2": ("paper_figures.fig2_threshold", "paper-thresholds"),
+    "fig3": ("paper_figures.fig3_path_table", "paper-path"),
+    "fig4": ("paper_figures.fig4_pareto", "paper-collisions"),
+}
+
+
+def make_all(study_or_df, out_dir, figures: Sequence[str] = tuple(FIGURES)) -> Dict[str, object]:
+    """Draw ``figures`` from one study; returns ``{fig: paths dict or the error message}``."""
+    out: Dict[str, object] = {}
+    for name in figures:
+        if name not in FIGURES:
+            raise ValueError(f"unknown figure {name!r}; choose from {sorted(FIGURES)}")
+        module = importlib.import_module(FIGURES[name][0])
+        try:
+            out[name] = module.make_figure(study_or_df, out_dir)
+        except ValueError as exc:
+            out[name] = f"skipped: {exc}"
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="compemb figures", description="regenerate the paper's figures from a study")
+    p.add_argument("figures", nargs="*", default=[], help=f"which ({', '.join(FIGURES)}; default all)")
+    p.add_argument("--study", default=None, help="one study for every figure (default: each figure's paper study)")
+    p.add_argument("--storage", default=None, help="database URL (default: sqlite results/<study>.db)")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--out-dir", default=None, help="default: <results-dir>/figures")
+    p.add_argument("--run-missing", action="store_true", help="run a figure's grid when its study is missing")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seeds", default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--objective", default=None)
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    from paper_figures._common import run_figure
+
+    names = args.figures or list(FIGURES)
+    bad = [n for n in names if n not in FIGURES]
+    if bad:
+        print(f"compemb figures: unknown figure(s) {bad}; choose from {sorted(FIGURES)}", file=sys.stderr)
+        return 2
+    out_dir = args.out_dir or os.path.join(args.results_dir, "figures")
+    failures = 0
+    for name in names:
+        module_name, default = FIGURES[name]
+        module = importlib.import_module(module_name)
+        study = args.study or default
+        try:
+            paths = run_figure(module.make_figure, study, args.storage, args.results_dir, out_dir,
+                               run_missing=args.run_missing, space_name=default if args.study is None else study,
+                               workers=args.workers, seeds=args.seeds, sets=args.set, objective=args.objective)
+        except (KeyError, ValueError) as exc:
+            failures += 1
+            print(f"{name}: {exc}", file=sys.stderr)
+            continue
+        print(f"{name}: " + ", ".join(str(p) for p in paths.values()))
+    return 0 if failures < len(names) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

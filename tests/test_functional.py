@@ -1,0 +1,378 @@
+"""Tests of the functional core (compemb.functional) and the torch reference backend."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from compemb import functional as CF
+from compemb.kernels import get_backend, resolve_backend
+
+OPS = CF.OPERATIONS
+MODES = CF.MODES
+COMPOSES = CF.COMPOSES
+
+
+# ----------------------------------------------------------------------------------------------
+# a naive per-index Python loop: the definition, written as plainly as possible
+
+
+def naive_bag(codes, offsets, weights, operation, mode, compose, psw=None):
+    """Loop over bags and indices; float64; empty bags give zeros."""
+    k = len(weights)
+    ws = [w.detach().double() for w in weights]
+    width = sum(w.shape[1] for w in ws) if operation == "concat" else ws[0].shape[1]
+    out = torch.zeros(len(offsets) - 1, width, dtype=torch.float64)
+
+    def combine(vectors):
+        if operation == "concat":
+            return torch.cat(vectors)
+        acc = vectors[0].clone()
+        for v in vectors[1:]:
+            acc = acc * v if operation == "mult" else acc + v
+        return acc
+
+    def pool(vectors):
+        if not vectors:
+            return None
+        if mode == "max":
+            acc = vectors[0].clone()
+            for v in vectors[1:]:
+                acc = torch.maximum(acc, v)
+            return acc
+        acc = torch.zeros_like(vectors[0])
+        for v in vectors:
+            acc = acc + v
+        return acc / len(vectors) if mode == "mean" else acc
+
+    for b in range(len(offsets) - 1):
+        lo, hi = int(offsets[b]), int(offsets[b + 1])
+        if lo == hi:
+            continue
+        scale = [1.0 if psw is None else float(psw[j]) for j in range(lo, hi)]
+        if compose == "before_pool":
+            vectors = [
+                combine([ws[i][int(codes[i, j])] for i in range(k)]) * scale[j - lo] for j in range(lo, hi)
+            ]
+            out[b] = pool(vectors)
+        else:
+            pooled = [pool([ws[i][int(codes[i, j])] * scale[j - lo] for j in range(lo, hi)]) for i in range(k)]
+            out[b] = combine(pooled)
+    return out
+
+
+@st.composite
+def bag_problems(draw, fixed_length=None):
+    """Random codes, offsets, tables and configuration (shapes drawn by hypothesis)."""
+    operation = draw(st.sampled_from(OPS))
+    mode = draw(st.sampled_from(MODES))
+    compose = draw(st.sampled_from(COMPOSES))
+    k = draw(st.integers(1, 3))
+    sizes = [draw(st.integers(1, 6)) for _ in range(k)]
+    if operation == "concat":
+        dims = [draw(st.integers(1, 3)) for _ in range(k)]
+    else:
+        dims = [draw(st.integers(1, 4))] * k
+    num_bags = draw(st.integers(0, 5))
+    if fixed_length is None:
+        lengths = [draw(st.integers(0, 4)) for _ in range(num_bags)]
+    elif fixed_length == "any":
+        lengths = [draw(st.integers(1, 4))] * num_bags
+    else:
+        lengths = [fixed_length] * num_bags
+    use_psw = mode == "sum" and draw(st.booleans())
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    n_idx = sum(lengths)
+    codes = torch.stack([torch.randint(0, s, (n_idx,), generator=gen) for s in sizes]) if n_idx else torch.zeros(k, 0, dtype=torch.long)
+    offsets = torch.tensor([0] + list(itertools.accumulate(lengths)), dtype=torch.long)
+    weights = [torch.randn(s, d, generator=gen, dtype=torch.float64) for s, d in zip(sizes, dims)]
+    psw = torch.randn(n_idx, generator=gen, dtype=torch.float64) if use_psw else None
+    return codes, offsets, weights, operation, mode, compose, psw
+
+
+@settings(max_examples=150)
+@given(bag_problems())
+def test_reference_equals_naive_loop(problem):
+    codes, offsets, weights, operation, mode, compose, psw = problem
+    got = CF.embedding_bag_codes(codes, offsets, weights, operation, mode, compose, psw)
+    want = naive_bag(codes, offsets, weights, operation, mode, compose, psw)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=60)
+@given(bag_problems(fixed_length="any"))
+def test_reference_equals_naive_loop_fixed_length_bags(problem):
+    # every bag has the same length: the reshape fast path
+    codes, offsets, weights, operation, mode, compose, psw = problem
+    got = CF.embedding_bag_codes(codes, offsets, weights, operation, mode, compose, psw)
+    torch.testing.assert_close(got, naive_bag(codes, offsets, weights, operation, mode, compose, psw))
+
+
+@settings(max_examples=40)
+@given(bag_problems(fixed_length=1))
+def test_reference_equals_naive_loop_one_hot_bags(problem):
+    # one index per bag: before_pool is computed as after_pool (per-sample weight applied once)
+    codes, offsets, weights, operation, mode, compose, psw = problem
+    got = CF.embedding_bag_codes(codes, offsets, weights, operation, mode, compose, psw)
+    torch.testing.assert_close(got, naive_bag(codes, offsets, weights, operation, mode, compose, psw))
+
+
+@settings(max_examples=40)
+@given(bag_problems(), st.booleans())
+def test_sparse_and_low_precision_paths_agree(problem, bf16):
+    codes, offsets, weights, operation, mode, compose, psw = problem
+    want = naive_bag(codes, offsets, weights, operation, mode, compose, psw)
+    if bf16:
+        ws = [w.to(torch.bfloat16) for w in weights]
+        p = None if psw is None else psw.to(torch.bfloat16)
+        got = CF.embedding_bag_codes(codes, offsets, ws, operation, mode, compose, p)
+        assert got.dtype == torch.bfloat16
+        want = naive_bag(codes, offsets, ws, operation, mode, compose, p)
+        torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-2)
+    else:
+        ws = [w.clone().requires_grad_() for w in weights]
+        got = CF.embedding_bag_codes(codes, offsets, ws, operation, mode, compose, psw, sparse=True)
+        torch.testing.assert_close(got, want)
+        got.sum().backward()
+        for w in ws:
+            assert w.grad is None or w.grad.is_sparse
+
+
+# ----------------------------------------------------------------------------------------------
+# composition semantics
+
+
+@settings(max_examples=60)
+@given(bag_problems())
+def test_add_and_concat_commute_with_sum_and_mean_pooling(problem):
+    codes, offsets, weights, operation, mode, _, psw = problem
+    if mode == "max":
+        mode = "sum"
+    if operation == "mult":  # (mult tables all have one width)
+        operation = "add"
+    before = naive_bag(codes, offsets, weights, operation, mode, "before_pool", psw)
+    after = naive_bag(codes, offsets, weights, operation, mode, "after_pool", psw)
+    torch.testing.assert_close(before, after)
+    got_before = CF.embedding_bag_codes(codes, offsets, weights, operation, mode, "before_pool", psw)
+    got_after = CF.embedding_bag_codes(codes, offsets, weights, operation, mode, "after_pool", psw)
+    torch.testing.assert_close(got_before, got_after)
+
+
+def test_mult_differs_between_composes_on_multi_index_bags():
+    gen = torch.Generator().manual_seed(1)
+    weights = [torch.randn(5, 4, generator=gen, dtype=torch.float64) for _ in range(2)]
+    codes = torch.tensor([[0, 1, 2, 3], [4, 2, 0, 1]])
+    offsets = torch.tensor([0, 2, 4])
+    for mode in ("sum", "mean"):
+        before = CF.embedding_bag_codes(codes, offsets, weights, "mult", mode, "before_pool")
+        after = CF.embedding_bag_codes(codes, offsets, weights, "mult", mode, "after_pool")
+        # a sum of products is not a product of sums
+        assert not torch.allclose(before, after)
+        manual = weights[0][codes[0, :2]] * weights[1][codes[1, :2]]
+        manual = manual.sum(0) if mode == "sum" else manual.mean(0)
+        torch.testing.assert_close(before[0], manual)
+    # ... while for single-index bags they coincide
+    one = torch.tensor([0, 1, 2, 3, 4])
+    b1 = CF.embedding_bag_codes(codes, one, weights, "mult", "sum", "before_pool")
+    a1 = CF.embedding_bag_codes(codes, one, weights, "mult", "sum", "after_pool")
+    torch.testing.assert_close(b1, a1)
+
+
+# ----------------------------------------------------------------------------------------------
+# gradients
+
+
+@pytest.mark.parametrize("operation", OPS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("compose", COMPOSES)
+def test_gradcheck(operation, mode, compose):
+    gen = torch.Generator().manual_seed(hash((operation, mode, compose)) % 2**31)
+    sizes, dims = (3, 4), ((2, 3) if operation == "concat" else (3, 3))
+    weights = [torch.randn(s, d, generator=gen, dtype=torch.float64, requires_grad=True) for s, d in zip(sizes, dims)]
+    # bags of length 2, 0, 3, 1 (variable length), indices drawn without ties for max
+    codes = torch.stack([torch.randint(0, s, (6,), generator=gen) for s in sizes])
+    offsets = torch.tensor([0, 2, 2, 5, 6])
+    inputs = list(weights)
+    psw = None
+    if mode == "sum":
+        psw = torch.rand(6, generator=gen, dtype=torch.float64).add_(0.5).requires_grad_()
+        inputs.append(psw)
+
+    def fn(*args):
+        ws = args[: len(weights)]
+        p = args[len(weights)] if psw is not None else None
+        return CF.embedding_bag_codes(codes, offsets, list(ws), operation, mode, compose, p)
+
+    assert torch.autograd.gradcheck(fn, tuple(inputs), eps=1e-6, atol=1e-5)
+    # fixed-length bags (the reshape path)
+    offsets_fixed = torch.tensor([0, 3, 6])
+
+    def fn_fixed(*args):
+        ws = args[: len(weights)]
+        p = args[len(weights)] if psw is not None else None
+        return CF.embedding_bag_codes(codes, offsets_fixed, list(ws), operation, mode, compose, p)
+
+    assert torch.autograd.gradcheck(fn_fixed, tuple(inputs), eps=1e-6, atol=1e-5)
+
+
+def test_sparse_gradient_equals_dense_gradient():
+    gen = torch.Generator().manual_seed(3)
+    codes = torch.stack([torch.randint(0, 7, (9,), generator=gen), torch.randint(0, 5, (9,), generator=gen)])
+    offsets = torch.tensor([0, 4, 4, 9])
+    for operation, mode, compose in itertools.product(OPS, MODES, COMPOSES):
+        base = [torch.randn(7, 3, generator=gen, dtype=torch.float64), torch.randn(5, 3, generator=gen, dtype=torch.float64)]
+        dense = [w.clone().requires_grad_() for w in base]
+        sparse = [w.clone().requires_grad_() for w in base]
+        CF.embedding_bag_codes(codes, offsets, dense, operation, mode, compose).sum().backward()
+        CF.embedding_bag_codes(codes, offsets, sparse, operation, mode, compose, sparse=True).sum().backward()
+        for d, s in zip(dense, sparse):
+            assert s.grad.is_sparse, (operation, mode, compose)
+            torch.testing.assert_close(s.grad.to_dense(), d.grad)
+
+
+def test_max_norm_renormalises_referenced_rows():
+    w = [torch.full((4, 3), 2.0), torch.full((3, 3), 0.1)]
+    codes = torch.tensor([[0, 1], [0, 0]])
+    out = CF.embedding_bag_codes(codes, torch.tensor([0, 1, 2]), w, "mult", "sum", "before_pool", max_norm=1.0)
+    assert torch.allclose(w[0][:2].norm(dim=1), torch.ones(2))
+    assert torch.equal(w[0][2:], torch.full((2, 3), 2.0))  # untouched rows stay
+    torch.testing.assert_close(out, (w[0][:2] * w[1][0]))
+
+
+# ----------------------------------------------------------------------------------------------
+# input normalisation
+
+
+def test_normalize_two_d_and_include_last_offset():
+    flat, offs, psw = CF.normalize_bag_input(torch.tensor([[1, 2, 3], [4, 5, 6]], dtype=torch.int32),
+                                             num_embeddings=7)
+    assert flat.dtype == torch.long and flat.tolist() == [1, 2, 3, 4, 5, 6]
+    assert offs.tolist() == [0, 3, 6] and psw is None
+    flat, offs, _ = CF.normalize_bag_input(torch.zeros(2, 0, dtype=torch.long))
+    assert flat.numel() == 0 and offs.tolist() == [0, 0, 0]
+    x = torch.tensor([1, 2, 3, 4, 5])
+    flat, offs, _ = CF.normalize_bag_input(x, torch.tensor([0, 2]))
+    assert offs.tolist() == [0, 2, 5] and torch.equal(flat, x)
+    # include_last_offset: indices after the last offset belong to no bag (as in torch)
+    w = torch.rand(5, dtype=torch.float64)
+    flat, offs, psw = CF.normalize_bag_input(x, torch.tensor([0, 2, 3]), w, include_last_offset=True, mode="sum")
+    assert offs.tolist() == [0, 2, 3] and flat.tolist() == [1, 2, 3] and torch.equal(psw, w[:3])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(input=torch.tensor([1.0, 2.0]), offsets=torch.tensor([0])), TypeError, ["float"]),
+        (dict(input=torch.tensor([1, 9]), offsets=torch.tensor([0]), num_embeddings=9), IndexError, ["mybag", "9", "num_embeddings=9"]),
+        (dict(input=torch.tensor([1, -3]), offsets=torch.tensor([0]), num_embeddings=9), IndexError, ["mybag", "-3", "9"]),
+        (dict(input=torch.tensor([1, 2, 3]), offsets=torch.tensor([1, 2])), ValueError, ["offsets[0]", "1"]),
+        (dict(input=torch.tensor([1, 2, 3]), offsets=torch.tensor([0, 2, 1])), ValueError, ["non-decreasing", "offsets[1]=2", "offsets[2]=1"]),
+        (dict(input=torch.tensor([1, 2, 3]), offsets=torch.tensor([0, 4])), ValueError, ["4", "N=3"]),
+        (dict(input=torch.tensor([1, 2]), offsets=torch.tensor([0]), per_sample_weights=torch.ones(2), mode="mean"), ValueError, ["per_sample_weights", "mean"]),
+        (dict(input=torch.tensor([1, 2]), offsets=torch.tensor([0]), per_sample_weights=torch.ones(3), mode="sum"), ValueError, ["per_sample_weights", "(2,)", "(3,)"]),
+        (dict(input=torch.tensor([1, 2]), offsets=torch.tensor([0]), per_sample_weights=torch.ones(2, dtype=torch.long), mode="sum"), TypeError, ["per_sample_weights"]),
+        (dict(input=torch.tensor([[1, 2]]), offsets=torch.tensor([0])), ValueError, ["2-D", "offsets"]),
+        (dict(input=torch.tensor([1, 2])), ValueError, ["offsets"]),
+        (dict(input=torch.tensor([1, 2]), offsets=torch.tensor([0.0])), TypeError, ["offsets"]),
+        (dict(input=torch.tensor(3), offsets=torch.tensor([0])), ValueError, ["1-D or 2-D"]),
+        (dict(input=torch.tensor([1, 2]), offsets=torch.tensor([0]), mode="median"), ValueError, ["median"]),
+    ],
+)
+def test_normalize_rejects_bad_input(kwargs, error, words):
+    kwargs.setdefault("name", "mybag")
+    with pytest.raises(error) as info:
+        CF.normalize_bag_input(**kwargs)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_embedding_bag_codes_rejects_bad_configuration():
+    w = [torch.randn(3, 2), torch.randn(3, 4)]
+    codes = torch.zeros(2, 2, dtype=torch.long)
+    offs = torch.tensor([0, 2])
+    with pytest.raises(ValueError, match="one width"):
+        CF.embedding_bag_codes(codes, offs, w, "mult", "sum", "before_pool")
+    with pytest.raises(ValueError, match="operation"):
+        CF.embedding_bag_codes(codes, offs, w, "xor", "sum", "before_pool")
+    with pytest.raises(ValueError, match="compose"):
+        CF.embedding_bag_codes(codes, offs, w, "concat", "sum", "during_pool")
+    with pytest.raises(ValueError, match=r"\(k=2, N\)"):
+        CF.embedding_bag_codes(codes[:1], offs, w, "concat", "sum", "before_pool")
+    with pytest.raises(ValueError, match="per_sample_weights"):
+        CF.embedding_bag_codes(codes, offs, w, "concat", "mean", "before_pool", torch.ones(2))
+    with pytest.raises(ValueError, match="scale_grad_by_freq"):
+        CF.embedding_bag_codes(codes, offs, w, "concat", "sum", "before_pool", sparse=True, scale_grad_by_freq=True)
+
+
+def test_empty_batches_and_empty_bags():
+    w = [torch.randn(3, 2), torch.randn(4, 2)]
+    for operation, mode, compose in itertools.product(OPS, MODES, COMPOSES):
+        out = CF.embedding_bag_codes(torch.zeros(2, 0, dtype=torch.long), torch.tensor([0, 0, 0]), w, operation, mode, compose)
+        width = 4 if operation == "concat" else 2
+        assert out.shape == (2, width) and not out.any()
+        out = CF.embedding_bag_codes(torch.zeros(2, 0, dtype=torch.long), torch.tensor([0]), w, operation, mode, compose)
+        assert out.shape == (0, width)
+
+
+# ----------------------------------------------------------------------------------------------
+# initialisation rule and the backend object
+
+
+@pytest.mark.parametrize("operation", OPS)
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_init_bound_gives_full_table_variance(operation, k):
+    n = 10_000
+    a = CF.init_bound(n, k, operation)
+    var_one = a * a / 3  # variance of U(-a, a)
+    var = {"concat": var_one, "add": k * var_one, "mult": var_one ** k}[operation]
+    assert var == pytest.approx(1 / (3 * n), rel=1e-9)
+
+
+def test_init_bound_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="operation"):
+        CF.init_bound(10, 2, "sub")
+    with pytest.raises(ValueError, match="num_embeddings"):
+        CF.init_bound(0, 2, "add")
+
+
+def test_torch_backend_is_the_reference():
+    backend = get_backend("torch")
+    assert backend.name == "torch" and backend.priority == 0
+    assert resolve_backend("auto", operation="mult", mode="max", compose="before_pool", k=3,
+                           dtype=torch.float64, device=torch.device("cpu"), per_sample_weights=False,
+                           sparse=True, max_norm=1.0, requires_grad=True) is not None
+    gen = torch.Generator().manual_seed(5)
+    w = [torch.randn(4, 3, generator=gen), torch.randn(5, 3, generator=gen)]
+    codes = torch.stack([torch.randint(0, 4, (6,), generator=gen), torch.randint(0, 5, (6,), generator=gen)])
+    offs = torch.tensor([0, 1, 4, 6])
+    torch.testing.assert_close(
+        backend.embedding_bag(codes, offs, w, "mult", "mean", "before_pool"),
+        CF.embedding_bag_codes(codes, offs, w, "mult", "mean", "before_pool"),
+    )
+    assert backend.unsupported_reason(operation="mult", mode="sum", compose="after_pool", k=2,
+                                      dtype=torch.float32, device=torch.device("cpu")) is None
+    assert "operation" in backend.unsupported_reason(operation="sub", mode="sum", compose="after_pool", k=2,
+                                                     dtype=torch.float32, device=torch.device("cpu"))
+
+
+def test_compositional_embedding_bag_pipeline():
+    from compemb.partitions import chinese_remainder
+
+    family = chinese_remainder(30, k=2)
+    gen = torch.Generator().manual_seed(9)
+    weights = [torch.randn(s, 3, generator=gen, dtype=torch.float64) for s in family.table_sizes]
+    x = torch.randint(0, 30, (4, 3), generator=gen)
+    for backend in (None, "torch", "auto", get_backend("torch")):
+        out = CF.compositional_embedding_bag(x, None, weights, family, "mult", "sum", backend=backend)
+        codes = family.encode(x.reshape(-1))
+        want = naive_bag(codes, torch.arange(0, 13, 3), weights, "mult", "sum", "before_pool")
+        torch.testing.assert_close(out, want)
+    with pytest.raises(IndexError, match="compositional_embedding_bag: index 30"):
+        CF.compositional_embedding_bag(torch.tensor([[30]]), None, weights, family)
+    with pytest.raises(ValueError, match="k=2"):
+        CF.compositional_embedding_bag(x, None, weights[:1], family)

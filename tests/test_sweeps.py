@@ -1,0 +1,254 @@
+"""Sweeps: search spaces, a tiny real sweep on MovieLens-100k, resume, duplicates, a killed worker."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import compemb
+from sweeps import space as sp
+from sweeps.cli import main as sweep_main, parse_set
+from sweeps.results import export_study, trials_frame
+from sweeps.runner import (create_study, default_storage_url, grid_status, load_study, make_storage, run_sweep,
+                           run_worker, worker_argv)
+
+ROOT = Path(__file__).resolve().parent.parent
+SYNTH = "sweeps._testing:synthetic_objective"
+# a tiny DLRM, a few dozen steps of real MovieLens-100k ratings per trial
+TINY = {"dataset": "movielens-100k", "embedding_dim": 4, "bottom_mlp": [8, 4], "top_mlp": [8, 1],
+        "batch_size": 512, "max_steps": 10, "eval_batch_size": 10000}
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+# ------------------------------------------------------------------------------------ spaces
+
+
+def test_paper_grids_are_the_papers():
+    coll = sp.get_space("paper-collisions")
+    pts = dict(coll.points)
+    assert {p["num_collisions"] for l, p in pts.items() if p["method"] == "hash"} == {2, 3, 4, 5, 6, 7, 60}
+    for op in ("concat", "add", "mult"):
+        assert {p["num_collisions"] for p in pts.values() if p.get("operation") == op} == {2, 3, 4, 5, 6, 7, 60}
+    assert coll.size == (1 + 7 + 21) * 3
+    thr = dict(sp.get_space("paper-thresholds").points)
+    assert {p["threshold"] for p in thr.values()} == {1, 20, 200, 2000, 20000}
+    assert {p["num_collisions"] for p in thr.values()} == {4}
+    path = dict(sp.get_space("paper-path").points)
+    assert sorted(p["hidden_dims"][0] for p in path.values() if p["method"] == "path") == [16, 32, 64, 128]
+    extras = dict(sp.get_space("extras").points)
+    assert {(p["method"], p.get("k")) for p in extras.values()} >= {("gqr", 3), ("crt", 3)}
+    assert any(p["method"] == "md" for p in extras.values())
+    assert not sp.get_space("open").is_grid and sp.get_space("open", n_trials=7).size == 7
+
+
+@settings(max_examples=25, deadline=None)
+@given(seeds=st.lists(st.integers(0, 10_000), min_size=1, max_size=5, unique=True),
+       name=st.sampled_from(["paper-collisions", "paper-thresholds", "paper-path", "extras", "demo", "tiny"]))
+def test_grid_keys_are_unique_and_cover_point_times_seed(seeds, name):
+    s = sp.get_space(name, seeds=seeds)
+    keys = s.grid_keys()
+    assert len(keys) == len(set(keys)) == s.size == len(s.points) * len(seeds)
+    grid = s.grid_search_space()
+    assert grid["seed"] == list(seeds) and grid["point"] == s.labels()
+
+
+def test_space_validation_names_the_bad_value():
+    with pytest.raises(ValueError, match="duplicate point labels"):
+        sp.SearchSpace("x", "", points=(("a", {}), ("a", {})))
+    with pytest.raises(TypeError, match="True"):
+        sp.SearchSpace("x", "", points=(("a", {}),), seeds=(True,))
+    with pytest.raises(KeyError, match="nope"):
+        sp.get_space("nope")
+    with pytest.raises(ValueError, match="n_trials"):
+        sp.get_space("tiny", n_trials=3)
+    with pytest.raises(ValueError, match="key=value"):
+        parse_set(["max_steps"])
+    assert parse_set(["max_steps=3", "bottom_mlp=[8, 4]", "optimizer=adam"]) == {
+        "max_steps": 3, "bottom_mlp": [8, 4], "optimizer": "adam"}
+
+
+# ------------------------------------------------------------------------------------ real sweep
+
+
+def test_tiny_real_sweep_records_everything_resumes_and_exports(tmp_path):
+    rep = run_sweep("tiny", study_name="real", seeds=(0,), overrides=TINY, results_dir=tmp_path,
+                    heartbeat_interval=5)
+    assert (rep.complete, rep.expected, rep.failed, rep.duplicates) == (3, 3, 0, {})
+    url = default_storage_url("real", tmp_path)
+    assert url == f"sqlite:///{tmp_path.resolve() / 'real.db'}" and url.startswith("sqlite:////")
+    study = load_study(url, "real")
+    trials = study.get_trials()
+    assert len(trials) == 3
+    for t in trials:
+        a = t.user_attrs
+        cfg, metrics, run = a["config"], a["metrics"], a["run"]
+        for k, v in TINY.items():
+            assert cfg[k] == v
+        assert cfg["seed"] == 0 and cfg["method"] in ("full", "hash", "qr")
+        for m in ("val_loss", "val_auc", "val_accuracy", "test_loss", "test_auc", "test_accuracy",
+                  "embedding_params", "mlp_params", "total_params", "steps", "wall_time_s", "trial_wall_time_s"):
+            assert m in metrics, m
+        assert metrics["steps"] == TINY["max_steps"]
+        assert 0.0 < metrics["test_loss"] < 5.0 and 0.0 <= metrics["test_auc"] <= 1.0
+        assert a["test_loss"] == metrics["test_loss"] and a["test_auc"] == metrics["test_auc"]
+        assert run == {"seed": 0, "version": compemb.__version__, "hostname": socket.gethostname(), "pid": os.getpid()}
+        assert t.values == [metrics["embedding_params"], metrics["val_loss"]]
+        assert a["grid_key"] == f"{t.params['point']}/s0"
+    params = {t.params["point"]: t.user_attrs["metrics"]["embedding_params"] for t in trials}
+    assert params["full"] > params["qr-mult-c4"] and params["full"] > params["hash-c4"]
+
+    # re-running the same sweep resumes: nothing new is trained
+    again = run_sweep("tiny", study_name="real", seeds=(0,), overrides=TINY, results_dir=tmp_path)
+    assert again.trials_run == 0 and again.complete == 3
+    assert len(load_study(url, "real").get_trials()) == 3
+
+    paths = export_study(url, "real", tmp_path / "out")
+    csv = pd.read_csv(paths["csv"])
+    pq = pd.read_parquet(paths["parquet"])
+    assert len(csv) == len(pq) == 3
+    for col in ("number", "state", "point", "seed", "method", "test_loss", "test_auc", "test_accuracy",
+                "val_loss", "embedding_params", "version", "hostname", "wall_time_s", "grid_key"):
+        assert col in csv.columns and col in pq.columns, col
+    assert sorted(csv["grid_key"]) == sorted(sp.get_space("tiny", seeds=(0,)).grid_keys())
+
+
+# ------------------------------------------------------------------------------------ exactly once
+
+
+def test_duplicate_grid_trial_is_pruned_not_completed(tmp_path):
+    space = sp.get_space("tiny", seeds=(0,))
+    url = default_storage_url("dup", tmp_path)
+    study = create_study(space, make_storage(url, heartbeat_interval=None), "dup")
+    study.enqueue_trial({"point": "full", "seed": 0})
+    study.enqueue_trial({"point": "full", "seed": 0})
+    rep = run_worker(space, url, "dup", SYNTH, heartbeat_interval=2)
+    assert rep.complete == 3 and rep.duplicates == {}
+    df = trials_frame(load_study(url, "dup"))
+    full = df[df["grid_key"] == "full/s0"]
+    # the second enqueued copy (and any GridSampler pick of the same point) ends PRUNED
+    assert (full["state"] == "COMPLETE").sum() == 1 and (full["state"] == "PRUNED").sum() >= 1
+    first = full[full["state"] == "COMPLETE"]["number"].iloc[0]
+    assert (full[full["state"] == "PRUNED"]["duplicate_of"] == first).all()
+    assert (df[df["state"] == "COMPLETE"]["grid_key"].value_counts() == 1).all()
+
+
+def test_export_dedupe_keeps_first_complete(tmp_path):
+    import optuna
+
+    space = sp.get_space("tiny", seeds=(0,))
+    url = default_storage_url("dd", tmp_path)
+    study = create_study(space, make_storage(url, heartbeat_interval=None), "dd")
+    dist = {"point": optuna.distributions.CategoricalDistribution(space.labels()),
+            "seed": optuna.distributions.CategoricalDistribution([0])}
+    for loss in (0.5, 0.4):  # written by another tool: two COMPLETE trials of one grid point
+        study.add_trial(optuna.create_trial(params={"point": "full", "seed": 0}, distributions=dist,
+                                            values=[10.0, loss], user_attrs={"grid_key": "full/s0"}))
+    df = trials_frame(study, complete_only=True, dedupe=True)
+    assert len(df) == 1 and df.attrs["duplicates_dropped"] == 1 and df["objective_val_loss"].iloc[0] == 0.5
+    assert grid_status(study, space).duplicates == {"full/s0": [0, 1]}
+
+
+def test_two_worker_processes_on_sqlite_complete_each_point_once(tmp_path):
+    rep = run_sweep("tiny", study_name="two", seeds=(0, 1, 2), objective="sweeps._testing:sleepy_objective",
+                    workers=2, results_dir=tmp_path, heartbeat_interval=2)
+    assert rep.complete == rep.expected == 9 and rep.duplicates == {}
+    study = load_study(default_storage_url("two", tmp_path), "two")
+    df = trials_frame(study, complete_only=True)
+    assert sorted(df["grid_key"]) == sorted(sp.get_space("tiny", seeds=(0, 1, 2)).grid_keys())
+    assert df["pid"].nunique() == 2  # both workers did trials
+
+
+def test_killed_worker_leaves_trial_failed_and_study_usable(tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    url = default_storage_url("kill", tmp_path)
+    block = tmp_path / "block"
+    block.write_text("hold")
+    argv = worker_argv("tiny", url, "kill", "sweeps._testing:blocking_objective", {}, seeds=(0,), n_trials=None,
+                       heartbeat_interval=1, grace_period=2, max_retry=2)
+    proc = subprocess.Popen(argv, env=_env(COMPEMB_TEST_BLOCK_FILE=block), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    started = Path(str(block) + ".started")
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "the worker never started its trial"
+        time.sleep(0.05)
+    assert int(started.read_text()) == proc.pid
+    os.kill(proc.pid, signal.SIGKILL)  # a real signal to a real process, mid-trial
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    block.unlink()
+
+    study = load_study(url, "kill")
+    (victim,) = study.get_trials(states=(TrialState.RUNNING,))
+    time.sleep(3.0)  # > grace period: its heartbeat is stale now
+    rep = run_worker(sp.get_space("tiny", seeds=(0,)), url, "kill", SYNTH, heartbeat_interval=1, grace_period=2,
+                     max_retry=2)
+    assert rep.complete == rep.expected == 3 and rep.duplicates == {}
+    study = load_study(url, "kill")
+    assert study.trials[victim.number].state == TrialState.FAIL
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == victim.params
+    st_ = grid_status(study, sp.get_space("tiny", seeds=(0,)))
+    assert all(len(v) == 1 for v in st_.complete.values()) and len(st_.done) == 3
+
+
+# ------------------------------------------------------------------------------------ CLI, demo
+
+
+def test_cli_run_list_export(tmp_path, capsys):
+    assert sweep_main(["list"]) == 0
+    assert "paper-collisions" in capsys.readouterr().out
+    rc = sweep_main(["run", "--space", "tiny", "--seeds", "0", "--results-dir", str(tmp_path), "--objective", SYNTH,
+                     "--set", "embedding_dim=8"])
+    assert rc == 0
+    url = default_storage_url("tiny", tmp_path)
+    assert sweep_main(["list", "--storage", url]) == 0
+    assert "tiny" in capsys.readouterr().out
+    assert sweep_main(["export", "--study", "tiny", "--storage", url, "--out", str(tmp_path / "x")]) == 0
+    df = pd.read_csv(tmp_path / "x" / "tiny.csv")
+    assert len(df) == 3 and (df["embedding_dim"] == 8).all()
+    assert sweep_main(["run", "--space", "nope", "--results-dir", str(tmp_path)]) == 2
+
+
+def test_demo_main_job_with_stand_in_objective(tmp_path, capsys):
+    from sweeps.demo import main as demo_main
+
+    rc = demo_main(["--results-dir", str(tmp_path), "--workers", "1", "--seeds", "0",
+                    "--objective", SYNTH])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "demo wall time" in out and str((tmp_path / "figures").resolve()) in out
+    for stem in ("fig1_collisions", "fig2_threshold", "fig3_path_table", "fig4_pareto"):
+        assert (tmp_path / "figures" / f"{stem}.png").stat().st_size > 0
+    assert "18 trials trained now, 18/18 complete" in out
+
+
+def test_open_search_runs_nsga2_to_its_trial_budget(tmp_path):
+    import optuna
+
+    rep = run_sweep("open", study_name="open", n_trials=5, objective=SYNTH, results_dir=tmp_path)
+    assert rep.complete == rep.expected == 5
+    study = load_study(default_storage_url("open", tmp_path), "open", sp.get_space("open", n_trials=5))
+    assert isinstance(study.sampler, optuna.samplers.NSGAIISampler)
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    for t in study.trials:
+        cfg = t.user_attrs["config"]
+        assert cfg["method"] == t.params["method"] and cfg["learning_rate"] == t.params["learning_rate"]
+        assert cfg["embedding_dim"] in (4, 8, 16, 32) and cfg["threshold"] in sp.PAPER_THRESHOLDS

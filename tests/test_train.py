@@ -1,0 +1,201 @@
+"""Training loop: determinism, optimizers, early stopping, checkpoint resume, MovieLens run."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dlrm.data.batching import RecDataset
+from dlrm.train import CHECKPOINT_NAME, TrainConfig, train
+
+TIME_KEYS = {"wall_time_s", "samples_per_s"}
+
+
+def tiny_dataset(n=600, seed=0):
+    """A small data set with a learnable signal (labels from a hidden logistic teacher)."""
+    rng = np.random.default_rng(seed)
+    cards = [50, 7, 200]
+    sparse = np.stack([rng.integers(0, c, n) for c in cards], axis=1)
+    dense = rng.normal(size=(n, 2)).astype(np.float32)
+    effects = [rng.normal(size=c) * 1.5 for c in cards]
+    logit = dense[:, 0] + sum(e[sparse[:, j]] for j, e in enumerate(effects))
+    labels = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    return RecDataset("tiny", dense, labels, sparse, ["a", "b", "c"], cards,
+                      {"train": range(0, 400), "val": range(400, 500), "test": range(500, 600)})
+
+
+def small_config(**kw):
+    base = dict(dataset="tiny", embedding_dim=4, bottom_mlp=(8, 4), top_mlp=(8, 1), batch_size=32,
+                epochs=2, learning_rate=0.05, optimizer="adagrad", eval_every=5, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _strip(result):
+    return {k: v for k, v in result.items() if k not in TIME_KEYS}
+
+
+def test_result_fields_and_determinism(tmp_path):
+    ds = tiny_dataset()
+    log = tmp_path / "log.jsonl"
+    r1 = train(small_config(log_path=str(log), method="qr", threshold=10, embedding_options={"num_collisions": 4}),
+               dataset=ds)
+    r2 = train(small_config(method="qr", threshold=10, embedding_options={"num_collisions": 4}), dataset=ds)
+    for key in ("val_loss", "val_auc", "val_accuracy", "test_loss", "test_auc", "test_accuracy",
+                "embedding_params", "mlp_params", "total_params", "steps", "samples_per_s",
+                "wall_time_s", "stopped_early"):
+        assert key in r1, key
+    assert _strip(r1) == _strip(r2)
+    assert r1["steps"] == 2 * math.ceil(400 / 32)
+    assert r1["total_params"] == r1["embedding_params"] + r1["mlp_params"]
+    # a = 50 rows and c = 200 rows are compressed (4 collisions), b = 7 rows stays full
+    assert r1["tables"] == {"a": (13 + 4) * 4, "b": 7 * 4, "c": (50 + 4) * 4}
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    evals = [r for r in records if r["event"] == "eval"]
+    assert [r["step"] for r in evals][:2] == [5, 10]
+    assert records[-1]["event"] == "final"
+    # test_with="best": the reported validation loss is the best one seen
+    assert r1["val_loss"] == pytest.approx(min(r["val_loss"] for r in evals), rel=1e-9)
+    r3 = train(small_config(seed=4, epochs=1), dataset=ds)
+    assert r3["val_loss"] != r1["val_loss"] and r3["steps"] == r1["steps"] // 2
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam", "amsgrad", "rowwise_adagrad_fbgemm"])
+def test_checkpoint_resume_equals_uninterrupted(tmp_path, optimizer):
+    if optimizer == "rowwise_adagrad_fbgemm":
+        pytest.importorskip("fbgemm_gpu")  # the optional [fbgemm] extra
+    ds = tiny_dataset()
+    cfg = dict(optimizer=optimizer, checkpoint_every=3, learning_rate=0.02 if optimizer != "sgd" else 0.2,
+               method="qr", threshold=10)
+    full_dir, kill_dir = tmp_path / "full", tmp_path / "killed"
+    reference = train(small_config(checkpoint_dir=str(full_dir), **cfg), dataset=ds)
+
+    class Kill(Exception):
+        pass
+
+    def kill_at_10(step):
+        if step == 10:
+            raise Kill
+
+    with pytest.raises(Kill):
+        train(small_config(checkpoint_dir=str(kill_dir), **cfg), dataset=ds, step_hook=kill_at_10)
+    partial = torch.load(kill_dir / CHECKPOINT_NAME, weights_only=False)
+    assert partial["state"]["step"] == 9 and not partial["state"]["finished"]
+    resumed = train(small_config(checkpoint_dir=str(kill_dir), **cfg), dataset=ds)
+    assert _strip(resumed) == _strip(reference)
+    a = torch.load(full_dir / CHECKPOINT_NAME, weights_only=False)
+    b = torch.load(kill_dir / CHECKPOINT_NAME, weights_only=False)
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [h["val_loss"] for h in a["state"]["history"]] == [h["val_loss"] for h in b["state"]["history"]]
+    # a finished run resumed with the same config returns its stored result without training
+    again = train(small_config(checkpoint_dir=str(kill_dir), **cfg), dataset=ds)
+    assert again == resumed
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    ds = tiny_dataset()
+    train(small_config(checkpoint_dir=str(tmp_path), max_steps=3), dataset=ds)
+    with pytest.raises(ValueError, match="learning_rate"):
+        train(small_config(checkpoint_dir=str(tmp_path), max_steps=3, learning_rate=0.5), dataset=ds)
+
+
+def test_max_steps_and_early_stopping():
+    ds = tiny_dataset()
+    assert train(small_config(max_steps=7), dataset=ds)["steps"] == 7
+    # a learning rate far too large makes the validation loss stop improving
+    r = train(small_config(optimizer="sgd", learning_rate=30.0, eval_every=1, early_stopping_patience=2,
+                           epochs=3), dataset=ds)
+    assert r["stopped_early"]
+    assert r["steps"] < 3 * math.ceil(400 / 32)
+    assert r["steps"] - r["best_step"] == 2  # two evaluations (one per step) without improvement
+
+
+def test_sparse_adam_split_and_bad_options():
+    ds = tiny_dataset()
+    r = train(small_config(optimizer="adam", sparse=True, max_steps=4), dataset=ds)
+    assert r["steps"] == 4
+    with pytest.raises(ValueError, match="amsgrad"):
+        small_config(optimizer="amsgrad", sparse=True)
+    with pytest.raises(ValueError, match="'lbfgs'"):
+        small_config(optimizer="lbfgs")
+    with pytest.raises(ValueError, match="zzz"):
+        train(small_config(table_overrides={"zzz": {"num_collisions": 2}}), dataset=ds)
+
+
+def test_movielens_short_run_beats_constant_predictor():
+    from dlrm.data import load_dataset
+
+    ds = load_dataset("movielens-100k")
+    r = train(TrainConfig(dataset="movielens-100k", embedding_dim=8, bottom_mlp=(8,), top_mlp=(16, 1),
+                          optimizer="adagrad", learning_rate=0.1, batch_size=512, epochs=1, seed=0),
+              dataset=ds)
+    assert r["test_auc"] > 0.70, r
+
+
+def test_cli_flags_map_to_config():
+    from dlrm.cli import build_parser, config_from_args
+
+    parse = build_parser().parse_args
+    cfg = config_from_args(parse(["--arch-sparse-feature-size", "8", "--arch-mlp-bot", "2-32-8",
+                                  "--arch-mlp-top", "16-1", "--qr-flag", "--qr-collisions", "3",
+                                  "--qr-operation", "concat", "--qr-threshold", "100",
+                                  "--arch-interaction-itself", "--data-set", "kaggle",
+                                  "--raw-data-file", "x.txt"]), num_dense=2)
+    assert (cfg.method, cfg.threshold, cfg.bottom_mlp, cfg.top_mlp) == ("qr", 100, (32, 8), (16, 1))
+    assert cfg.embedding_options == {"operation": "concat", "num_collisions": 3}
+    assert cfg.dataset == "criteo-kaggle" and cfg.dataset_options["raw_data_file"] == "x.txt"
+    assert cfg.interaction_itself
+    md = config_from_args(parse(["--md-flag", "--md-temperature", "0.5", "--md-threshold", "7"]))
+    assert (md.method, md.md_temperature, md.threshold) == ("md", 0.5, 7)
+    gen = config_from_args(parse(["--embedding", "path", "--hidden-dims", "4-4", "--threshold", "5"]))
+    assert gen.embedding_options == {"hidden_dims": (4, 4)} and gen.threshold == 5
+    with pytest.raises(ValueError, match="13 but data set"):
+        config_from_args(parse(["--arch-mlp-bot", "13-8"]), num_dense=2)
+    with pytest.raises(ValueError, match="exclude"):
+        config_from_args(parse(["--qr-flag", "--md-flag"]))
+
+
+def test_cli_train_main_json(tmp_path, capsys):
+    from dlrm.cli import train_main
+
+    log = tmp_path / "log.jsonl"
+    rc = train_main(["--data-set", "synthetic", "--synthetic-rows", "1500", "--synthetic-scale", "1e5",
+                     "--arch-sparse-feature-size", "4",
+                     "--arch-mlp-bot", "13-4", "--arch-mlp-top", "4-1", "--max-steps", "5",
+                     "--mini-batch-size", "64", "--embedding", "hash", "--num-collisions", "2",
+                     "--threshold", "100", "--log-file", str(log), "--json", "--no-progress"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["steps"] == 5 and 0 <= result["test_auc"] <= 1
+    assert log.exists()
+    assert train_main(["--data-set", "synthetic", "--synthetic-rows", "1500", "--synthetic-scale", "1e5",
+                       "--arch-mlp-bot", "2-4", "--arch-sparse-feature-size", "4", "--no-progress"]) == 2
+    assert "has 13 dense features" in capsys.readouterr().err
+
+
+def test_fbgemm_rowwise_adagrad_updates_tables_in_backward(monkeypatch):
+    pytest.importorskip("fbgemm_gpu")  # the optional [fbgemm] extra
+    import dlrm.train as T
+
+    ds = tiny_dataset()
+    cfg = small_config(optimizer="rowwise_adagrad_fbgemm", method="qr", threshold=10, max_steps=3)
+    model = T.build_model(cfg, ds)
+    assert model.collection is not None and model.sparse_parameters() == []
+    assert model.table_parameters() == {"a": (13 + 4) * 4, "b": 7 * 4, "c": (50 + 4) * 4}
+    before = [w.clone() for w in model.collection.tables()]
+    opt = T.build_optimizer(cfg, model)
+    batch = next(ds.split("train").batches(32, shuffle=True, seed=0))
+    loss = model.loss(model(batch.dense, batch.indices, batch.offsets), batch.labels)
+    opt.zero_grad()
+    loss.backward()  # the fused optimizer updates the touched rows here
+    changed = [not torch.equal(a, b) for a, b in zip(before, model.collection.tables())]
+    assert any(changed)
+    with pytest.raises(ValueError, match="hash"):
+        train(small_config(optimizer="rowwise_adagrad_fbgemm", method="hash", threshold=10), dataset=ds)
+    monkeypatch.setattr(T, "fbgemm_rowwise_adagrad_available", lambda: "fbgemm_gpu missing")
+    with pytest.raises(ValueError, match="rowwise_adagrad_fbgemm.*fbgemm_gpu missing"):
+        train(cfg, dataset=ds)
