@@ -45,7 +45,9 @@ _EXPORTS = {
     "build_embedding_bag": "compemb.config",
     # kernels and deployment
     "CompositionalEmbeddingBagCollection": "compemb.collection",
-    "quantize": "compemb.quantize",
+    "quantize": "compemb.quantization",
+    "QuantizedEmbeddingBag": "compemb.quantization",
+    "quantization_error": "compemb.quantization",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

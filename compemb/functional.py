@@ -27,12 +27,22 @@ for every operation. Bags of at most one index give the same result either way (
 scales each table's row, i.e. ``w**k`` for ``"mult"``).
 
 Evaluation (all exact, picked per call): ``after_pool``, and ``before_pool`` with add/concat and
-sum/mean, or with bags of one index, use one fused ``F.embedding_bag`` per table; ``mult``
+sum/mean, or with bags of one index, use one fused ``embedding_bag`` per table; ``mult``
 ``before_pool`` with sum/mean uses a small autograd Function (gather, multiply in place, pool;
 hand-written backward that forms each table's gradient directly, sparse when asked); the rest
 (``max``, ``max_norm``, ``scale_grad_by_freq``, float16/bfloat16) gathers rows with autograd and
-pools them with a reshape (bags of one length) or ``torch.segment_reduce``. ``max_norm``
+pools them with a reshape (bags of one length) or a segmented reduction. ``max_norm``
 renormalises the looked-up rows of every table in place, as ``nn.EmbeddingBag`` does for its one.
+
+``max`` pooling has the gradient of :func:`torch.nn.functional.embedding_bag` on every path: each
+output coordinate back-propagates to exactly one element, the first index of the bag (in input
+order) that holds the maximum; tied copies (a repeated index, equal rows) get nothing. With the
+identity family this is ``nn.EmbeddingBag(mode="max")`` exactly, forward and backward.
+
+Device syncs. Validation (index range, offsets) reads one small tensor back to the host — on
+CUDA the single device-to-host sync of a module's forward; everything the kernels need to pick
+their path (e.g. whether all bags have one length) comes from that same read. On CPU, one-index
+bags (offsets ``arange(B)``) are recognised with one ``torch.equal`` and skip the offsets checks.
 
 Initialisation (:func:`init_bound`). Component tables are drawn from symmetric uniforms
 ``U(-a, a)`` chosen so that every composed coordinate has mean 0 and the variance ``1 / (3n)`` of a
@@ -59,6 +69,7 @@ __all__ = [
     "normalize_bag_input",
     "embedding_bag_codes",
     "compositional_embedding_bag",
+    "encode_validated",
     "init_bound",
     "check_operation",
     "check_mode",
@@ -124,6 +135,41 @@ def _is_integer_tensor(t: torch.Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
+_OFFSETS_CACHE: dict = {}
+
+
+def _standard_offsets(num_bags: int, bag_len: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(arange(B + 1) * L, arange(B) * L)`` for ``B`` bags of ``L`` indices, cached per device.
+
+    The tensors are shared between calls: never modify them in place. ``_standard_offsets(n, 1)[1]``
+    is ``arange(n)``, the offsets of ``n`` one-index bags.
+    """
+    key = (num_bags, bag_len, device)
+    hit = _OFFSETS_CACHE.get(key)
+    if hit is None:
+        if len(_OFFSETS_CACHE) >= 32:
+            _OFFSETS_CACHE.clear()
+        full = torch.arange(num_bags + 1, device=device, dtype=torch.long)
+        if bag_len != 1:
+            full = full * bag_len
+        hit = _OFFSETS_CACHE[key] = (full, full[:num_bags])
+    return hit
+
+
+def _singleton_offsets(n: int, device: torch.device) -> torch.Tensor:
+    """``arange(n)`` (cached): the offsets of ``n`` bags of one index each."""
+    return _standard_offsets(n, 1, device)[1]
+
+
+def _fetch(stats: List[torch.Tensor]) -> List[int]:
+    """The integer values of 0-d tensors, with at most one device-to-host copy."""
+    if not stats:
+        return []
+    if stats[0].device.type == "cpu":  # no copy to save: skip the stack
+        return [int(s) for s in stats]
+    return torch.stack(stats).tolist()  # the forward's one device-to-host sync
+
+
 def normalize_bag_input(
     input: torch.Tensor,
     offsets: Optional[torch.Tensor] = None,
@@ -141,6 +187,9 @@ def normalize_bag_input(
     ``include_last_offset`` is true — then, as in torch, indices after the last offset belong to no
     bag and are dropped).
 
+    Every check needs at most one device-to-host copy (one small tensor of the index range and
+    the offsets' first, last, smallest and largest step), so on CUDA a forward synchronises once.
+
     Args:
         input: integer tensor of indices (int64 or int32).
         offsets: integer tensor of bag starts for 1-D ``input``; ``None`` for 2-D ``input``.
@@ -153,7 +202,8 @@ def normalize_bag_input(
     Returns:
         ``(flat_input, offsets, per_sample_weights)``: int64 ``(N,)``, int64 ``(B + 1,)`` with
         ``offsets[0] == 0``, non-decreasing and ``offsets[-1] == N``, and ``None`` or a float
-        ``(N,)`` tensor.
+        ``(N,)`` tensor. The offsets may be a cached tensor shared between calls (for 2-D input
+        and one-index bags): do not modify them in place.
 
     Raises:
         TypeError: ``input`` or ``offsets`` is not an integer tensor, ``per_sample_weights`` not a
@@ -173,13 +223,21 @@ def normalize_bag_input(
         >>> flat.tolist(), offs.tolist(), w
         ([1, 2, 3, 4], [0, 2, 4], None)
     """
+    return _normalize(input, offsets, per_sample_weights, include_last_offset, mode, num_embeddings, name)[:3]
+
+
+def _normalize(input, offsets, per_sample_weights, include_last_offset, mode, num_embeddings, name):
+    """:func:`normalize_bag_input`, also returning ``bag_len``: ``L`` when every bag holds exactly
+    ``L >= 1`` indices, else ``None`` (learnt from the same single fetch, so the kernels need no
+    further device sync to pick their fixed-length paths)."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{name}: input must be a torch.Tensor of indices, got {type(input).__name__}")
     if not _is_integer_tensor(input):
         raise TypeError(
             f"{name}: input must be an integer tensor (torch.long or torch.int), got dtype {input.dtype}"
         )
-    check_mode(mode)
+    if mode not in MODES:
+        check_mode(mode)
     if per_sample_weights is not None:
         if mode != "sum":
             raise ValueError(
@@ -196,19 +254,10 @@ def normalize_bag_input(
                 f"got {tuple(per_sample_weights.shape)}"
             )
 
-    stats = []  # scalars to check, fetched with one device-to-host copy
-    if input.dim() == 2:
-        if offsets is not None:
-            raise ValueError(
-                f"{name}: offsets must be None for 2-D input (each row is a bag), got offsets of "
-                f"shape {tuple(offsets.shape)}"
-            )
-        num_bags, bag_len = input.shape
-        flat = input.reshape(-1)
-        full = torch.arange(num_bags + 1, device=input.device, dtype=torch.long) * bag_len
-        if per_sample_weights is not None:
-            per_sample_weights = per_sample_weights.reshape(-1)
-    elif input.dim() == 1:
+    ndim = input.dim()
+    bag_len = None
+    check_offsets = False
+    if ndim == 1:
         if offsets is None:
             raise ValueError(f"{name}: offsets are required with 1-D input (got None)")
         if not isinstance(offsets, torch.Tensor) or offsets.dim() != 1:
@@ -219,28 +268,59 @@ def normalize_bag_input(
         if not _is_integer_tensor(offsets):
             raise TypeError(f"{name}: offsets must be an integer tensor, got dtype {offsets.dtype}")
         flat = input
-        offsets = offsets.to(device=input.device, dtype=torch.long)
+        device = input.device
+        if offsets.dtype != torch.long or offsets.device != device:
+            offsets = offsets.to(device=device, dtype=torch.long)
+        n_idx = flat.shape[0]
+        full = None
         if include_last_offset:
-            if offsets.numel() == 0:
+            if offsets.shape[0] == 0:
                 raise ValueError(f"{name}: with include_last_offset=True offsets needs at least one entry")
-            full = offsets
+            if device.type == "cpu" and offsets.shape[0] == n_idx + 1 and n_idx:
+                std_full = _standard_offsets(n_idx, 1, device)[0]
+                if torch.equal(offsets, std_full):  # one index per bag (on CPU: no sync to save)
+                    full, bag_len = std_full, 1
+            if full is None:
+                full = offsets
+                check_offsets = True
         else:
-            full = torch.cat([offsets, offsets.new_full((1,), flat.shape[0])])
-        # offsets[0] == 0 and non-decreasing steps bound every offset by the last one
-        stats += [full[0], full[-1], full.diff().min() if full.shape[0] > 1 else full.new_zeros(())]
+            if device.type == "cpu" and offsets.shape[0] == n_idx and n_idx:
+                std_full, std_head = _standard_offsets(n_idx, 1, device)
+                if torch.equal(offsets, std_head):
+                    full, bag_len = std_full, 1
+            if full is None:
+                full = torch.cat([offsets, offsets.new_full((1,), n_idx)])
+                check_offsets = True
+    elif ndim == 2:
+        if offsets is not None:
+            raise ValueError(
+                f"{name}: offsets must be None for 2-D input (each row is a bag), got offsets of "
+                f"shape {tuple(offsets.shape)}"
+            )
+        num_bags, length = input.shape
+        flat = input.reshape(-1)
+        full = _standard_offsets(num_bags, length, input.device)[0]
+        bag_len = length if length and num_bags else None
+        if per_sample_weights is not None:
+            per_sample_weights = per_sample_weights.reshape(-1)
     else:
         raise ValueError(f"{name}: input must be 1-D or 2-D, got shape {tuple(input.shape)}")
 
     if flat.dtype != torch.long:
         flat = flat.long()
-    check_range = num_embeddings is not None and flat.numel() > 0
+    # everything to check goes into one list of 0-d tensors, fetched once
+    stats: List[torch.Tensor] = []
+    check_range = num_embeddings is not None and flat.shape[0] > 0
     if check_range:
-        stats += list(torch.aminmax(flat))
-    values = torch.stack(stats).tolist() if stats else []
-    if input.dim() == 1:
-        _check_offsets(full, values[0], values[1], values[2], flat.shape[0], name)
+        stats += torch.aminmax(flat)
+    if check_offsets:
+        # offsets[0] == 0 and non-decreasing steps bound every offset by the last one
+        stats += [full[0], full[-1]]
+        if full.shape[0] > 1:
+            stats += torch.aminmax(full.diff())
+    values = _fetch(stats)
     if check_range:
-        lo, hi = values[-2:]
+        lo, hi = values[0], values[1]
         if lo < 0:
             raise IndexError(
                 f"{name}: index {lo} is out of range for num_embeddings={num_embeddings}: indices "
@@ -251,13 +331,18 @@ def normalize_bag_input(
                 f"{name}: index {hi} is out of range for num_embeddings={num_embeddings}: indices "
                 f"must lie in [0, {num_embeddings})"
             )
-    if input.dim() == 1 and include_last_offset:
-        end = values[1]  # the last offset (checked: offsets are non-decreasing and <= N)
-        if end < flat.shape[0]:  # torch.nn.EmbeddingBag ignores indices after the last offset
-            flat = flat[:end]
+    if check_offsets:
+        first, last = values[-4:-2] if full.shape[0] > 1 else values[-2:]
+        smallest, biggest = values[-2:] if full.shape[0] > 1 else (0, 0)
+        _check_offsets(full, first, last, smallest, flat.shape[0], name)
+        if full.shape[0] > 1 and smallest == biggest and smallest > 0:
+            bag_len = smallest
+        if include_last_offset and last < flat.shape[0]:
+            # torch.nn.EmbeddingBag ignores indices after the last offset
+            flat = flat[:last]
             if per_sample_weights is not None:
-                per_sample_weights = per_sample_weights[:end]
-    return flat, full, per_sample_weights
+                per_sample_weights = per_sample_weights[:last]
+    return flat, full, per_sample_weights, bag_len
 
 
 def _check_offsets(full, first: int, last: int, smallest_step: int, n_idx: int, name: str) -> None:
@@ -277,59 +362,29 @@ def _check_offsets(full, first: int, last: int, smallest_step: int, n_idx: int, 
 # ----------------------------------------------------------------------------------------------
 # the kernel contract
 
+_MODE_ENUM = {"sum": 0, "mean": 1, "max": 2}  # the mode argument of torch.embedding_bag
+
 
 def _fixed_bag_length(offsets: torch.Tensor, n_idx: int) -> Optional[int]:
-    """``L`` when every bag holds exactly ``L >= 1`` indices, else ``None`` (cheap check)."""
+    """``L`` when every bag holds exactly ``L >= 1`` indices, else ``None`` (one ``torch.equal``:
+    a device sync on CUDA; the modules learn ``L`` from their validation fetch instead)."""
     num_bags = offsets.shape[0] - 1
     if num_bags == 0 or n_idx == 0 or n_idx % num_bags:
         return None
     length = n_idx // num_bags
-    expected = torch.arange(0, n_idx + 1, length, device=offsets.device, dtype=offsets.dtype)
-    return length if torch.equal(offsets, expected) else None
+    return length if torch.equal(offsets, _standard_offsets(num_bags, length, offsets.device)[0]) else None
 
 
-def _pool_rows(
-    rows: torch.Tensor,
-    offsets: torch.Tensor,
-    mode: str,
-    per_sample_weights: Optional[torch.Tensor],
-    bag_len: Optional[int],
-) -> torch.Tensor:
-    """Pool rows ``(N, D)`` over the bags given by ``offsets`` (empty bags give zeros)."""
-    if per_sample_weights is not None:
-        rows = rows * per_sample_weights.to(rows.dtype).unsqueeze(1)
-    num_bags = offsets.shape[0] - 1
-    if bag_len is not None:  # every bag has bag_len >= 1 indices: a reshape and a dense reduction
-        grouped = rows.view(num_bags, bag_len, rows.shape[1])
-        if mode == "sum":
-            return grouped.sum(1)
-        if mode == "mean":
-            return grouped.mean(1)
-        return grouped.amax(1)
-    if rows.shape[0] == 0:  # (keeps the autograd graph: the gradient is all zeros)
-        return rows.new_zeros(num_bags, rows.shape[1]) + rows.sum(0)
-    if mode == "max":
-        pooled = torch.segment_reduce(rows, "max", offsets=offsets)
-        empty = (offsets[1:] == offsets[:-1]).unsqueeze(1)
-        return torch.where(empty, torch.zeros((), dtype=rows.dtype, device=rows.device), pooled)
-    pooled = torch.segment_reduce(rows, "sum", offsets=offsets)
-    if mode == "mean":
-        lengths = (offsets[1:] - offsets[:-1]).clamp_(min=1).to(rows.dtype)
-        pooled = pooled / lengths.unsqueeze(1)
-    return pooled
-
-
-_ARANGE_CACHE: dict = {}
-
-
-def _singleton_offsets(n: int, device: torch.device) -> torch.Tensor:
-    key = (n, str(device))
-    offsets = _ARANGE_CACHE.get(key)
-    if offsets is None:
-        if len(_ARANGE_CACHE) > 16:
-            _ARANGE_CACHE.clear()
-        offsets = _ARANGE_CACHE[key] = torch.arange(n, device=device)
-    return offsets
+def _embedding_bag(idx, weight, offsets, mode, per_sample_weights=None, sparse=False,
+                   scale_grad_by_freq=False, max_norm=None, norm_type=2.0):
+    """:func:`torch.nn.functional.embedding_bag` with ``B + 1`` offsets, minus its argument checks
+    (made once by our callers; they cost ~1 µs a call, measurable on one-hot bags)."""
+    if max_norm is not None:
+        with torch.no_grad():  # what F.embedding_bag does: renormalise the referenced rows
+            torch.embedding_renorm_(weight, idx, max_norm, norm_type)
+    return torch.embedding_bag(
+        weight, idx, offsets, scale_grad_by_freq, _MODE_ENUM[mode], sparse, per_sample_weights, True, None,
+    )[0]
 
 
 def _gather(codes_i: torch.Tensor, weight: torch.Tensor, emb_kwargs: dict) -> torch.Tensor:
@@ -342,7 +397,66 @@ def _gather(codes_i: torch.Tensor, weight: torch.Tensor, emb_kwargs: dict) -> to
     n = codes_i.shape[0]
     if n == 0:
         return F.embedding(codes_i, weight, **emb_kwargs)
-    return F.embedding_bag(codes_i, weight, _singleton_offsets(n, codes_i.device), mode="sum", **emb_kwargs)
+    return _embedding_bag(codes_i, weight, _standard_offsets(n, 1, codes_i.device)[0], "sum", **emb_kwargs)
+
+
+def _max_pool(rows: torch.Tensor, offsets: torch.Tensor, bag_len: Optional[int]) -> torch.Tensor:
+    """Max over the bags, per coordinate, with the gradient of ``torch.nn.EmbeddingBag``.
+
+    The gradient of each output coordinate goes to exactly one element: the first row of the bag
+    (in input order) holding the maximum, as ``F.embedding_bag(mode="max")`` does (its kernel
+    keeps the first maximum and back-propagates to it alone). ``amax`` would split the gradient
+    among tied rows and ``segment_reduce`` would give the whole gradient to each of them. Empty
+    bags give zeros. NaNs propagate (as ``torch.max``; ``nn.EmbeddingBag`` keeps a NaN only in
+    first place).
+    """
+    num_bags, dim = offsets.shape[0] - 1, rows.shape[1]
+    n_idx = rows.shape[0]
+    if n_idx == 0:  # (keeps the autograd graph: the gradient is all zeros)
+        return rows.new_zeros(num_bags, dim) + rows.sum(0)
+    if bag_len is not None:  # torch.max(dim) returns (and back-propagates to) the first maximum
+        return rows.view(num_bags, bag_len, dim).max(1).values
+    device = rows.device
+    lengths = offsets.diff()
+    bag_of = torch.repeat_interleave(torch.arange(num_bags, device=device), lengths, output_size=n_idx)
+    with torch.no_grad():
+        r = rows.detach()
+        where = bag_of.unsqueeze(1).expand(n_idx, dim)
+        best = r.new_empty(num_bags, dim).scatter_reduce_(0, where, r, "amax", include_self=False)
+        hit = (r == best.index_select(0, bag_of)) | r.isnan()
+        pos = torch.arange(n_idx, device=device).unsqueeze(1).expand(n_idx, dim)
+        pos = torch.where(hit, pos, n_idx)
+        first = torch.full((num_bags, dim), n_idx, dtype=torch.long, device=device)
+        first.scatter_reduce_(0, where, pos, "amin")
+        first.clamp_(max=n_idx - 1)  # (empty bags: any row, zeroed below)
+    pooled = rows.gather(0, first)
+    empty = (lengths == 0).unsqueeze(1)
+    return torch.where(empty, torch.zeros((), dtype=rows.dtype, device=device), pooled)
+
+
+def _pool_rows(
+    rows: torch.Tensor,
+    offsets: torch.Tensor,
+    mode: str,
+    per_sample_weights: Optional[torch.Tensor],
+    bag_len: Optional[int],
+) -> torch.Tensor:
+    """Pool rows ``(N, D)`` over the bags given by ``offsets`` (empty bags give zeros)."""
+    if mode == "max":
+        return _max_pool(rows, offsets, bag_len)
+    if per_sample_weights is not None:
+        rows = rows * per_sample_weights.to(rows.dtype).unsqueeze(1)
+    num_bags = offsets.shape[0] - 1
+    if bag_len is not None:  # every bag has bag_len >= 1 indices: a reshape and a dense reduction
+        grouped = rows.view(num_bags, bag_len, rows.shape[1])
+        return grouped.sum(1) if mode == "sum" else grouped.mean(1)
+    if rows.shape[0] == 0:  # (keeps the autograd graph: the gradient is all zeros)
+        return rows.new_zeros(num_bags, rows.shape[1]) + rows.sum(0)
+    pooled = torch.segment_reduce(rows, "sum", offsets=offsets)
+    if mode == "mean":
+        lengths = (offsets[1:] - offsets[:-1]).clamp_(min=1).to(rows.dtype)
+        pooled = pooled / lengths.unsqueeze(1)
+    return pooled
 
 
 def _combine(parts: List[torch.Tensor], operation: str) -> torch.Tensor:
@@ -366,25 +480,31 @@ class _MultPool(torch.autograd.Function):
     again (cheap) and multiplies the bag gradient into them in place, so each table's gradient
     (sparse when asked) is formed with no further temporaries. The tables are saved for backward,
     so modifying them in place in between raises autograd's usual error.
+
+    Inputs after the five options: ``k`` code tensors ``(N,)``, then the ``k`` tables.
     """
 
     @staticmethod
-    def forward(ctx, codes, offsets, per_sample_weights, mode, sparse, bag_len, *weights):
+    def forward(ctx, offsets, per_sample_weights, mode, sparse, bag_len, *tensors):
+        k = len(tensors) // 2
+        codes, weights = tensors[:k], tensors[k:]
         # (detached: embedding_bag takes a slower path that records backward data otherwise)
         prod = _gather(codes[0], weights[0].detach(), {})
-        for i in range(1, len(weights)):
+        for i in range(1, k):
             prod.mul_(_gather(codes[i], weights[i].detach(), {}))
         pooled = _pool_rows_no_grad(prod, offsets, mode, per_sample_weights, bag_len)
-        keep_prod = per_sample_weights is not None and ctx.needs_input_grad[2]
-        ctx.save_for_backward(codes, offsets, per_sample_weights, prod if keep_prod else None, *weights)
-        ctx.mode, ctx.sparse, ctx.bag_len = mode, sparse, bag_len
+        keep_prod = per_sample_weights is not None and ctx.needs_input_grad[1]
+        ctx.save_for_backward(offsets, per_sample_weights, prod if keep_prod else None, *codes, *weights)
+        ctx.mode, ctx.sparse, ctx.bag_len, ctx.k = mode, sparse, bag_len, k
         return pooled
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        codes, offsets, psw, prod, *weights = ctx.saved_tensors
-        n_idx, k, bag_len = codes.shape[1], len(weights), ctx.bag_len
+        offsets, psw, prod, *rest = ctx.saved_tensors
+        k, bag_len = ctx.k, ctx.bag_len
+        codes, weights = rest[:k], rest[k:]
+        n_idx = codes[0].shape[0]
         num_bags, dim = grad_out.shape
         if ctx.mode == "mean":
             lengths = (offsets[1:] - offsets[:-1]).clamp(min=1).to(grad_out.dtype)
@@ -395,7 +515,7 @@ class _MultPool(torch.autograd.Function):
         else:
             lengths = offsets[1:] - offsets[:-1]
             bag_of = torch.repeat_interleave(
-                torch.arange(num_bags, device=codes.device), lengths, output_size=n_idx
+                torch.arange(num_bags, device=grad_out.device), lengths, output_size=n_idx
             )
             g = grad_out.index_select(0, bag_of)
             shape = (n_idx, dim)
@@ -405,7 +525,7 @@ class _MultPool(torch.autograd.Function):
         scale = None if psw is None else psw.view(shape[:-1] + (1,))
         grads = []
         for i in range(k):
-            if not ctx.needs_input_grad[6 + i]:
+            if not ctx.needs_input_grad[5 + k + i]:
                 grads.append(None)
                 continue
             others = [j for j in range(k) if j != i]
@@ -420,7 +540,7 @@ class _MultPool(torch.autograd.Function):
                     codes[i].unsqueeze(0), gi, weights[i].shape, check_invariants=False))
             else:
                 grads.append(gi.new_zeros(weights[i].shape).index_add_(0, codes[i], gi))
-        return (None, None, grad_psw, None, None, None, *grads)
+        return (None, grad_psw, None, None, None, *([None] * k), *grads)
 
 
 def _pool_rows_no_grad(rows, offsets, mode, per_sample_weights, bag_len):
@@ -431,10 +551,7 @@ def _pool_rows_no_grad(rows, offsets, mode, per_sample_weights, bag_len):
     if bag_len is not None and per_sample_weights is None:
         grouped = rows.view(num_bags, bag_len, rows.shape[1])
         return grouped.sum(1) if mode == "sum" else grouped.mean(1)
-    return F.embedding_bag(
-        _singleton_offsets(rows.shape[0], rows.device), rows, offsets, mode=mode,
-        per_sample_weights=per_sample_weights, include_last_offset=True,
-    )
+    return _embedding_bag(_singleton_offsets(rows.shape[0], rows.device), rows, offsets, mode, per_sample_weights)
 
 
 def embedding_bag_codes(
@@ -459,7 +576,10 @@ def embedding_bag_codes(
         offsets: int64 ``(B + 1,)``: starts at 0, non-decreasing, ``offsets[-1] == N``.
         weights: k tables ``(rows_i, d_i)``; all ``d_i`` equal for ``"add"``/``"mult"``.
         operation: ``"mult"``, ``"add"`` or ``"concat"``.
-        mode: ``"sum"``, ``"mean"`` or ``"max"``.
+        mode: ``"sum"``, ``"mean"`` or ``"max"``. ``max`` back-propagates, per coordinate, to the
+            first index of the bag holding the maximum (of the composed vectors for
+            ``before_pool``, of each table's rows for ``after_pool``), as
+            :func:`torch.nn.functional.embedding_bag` does: ties are not shared.
         compose: ``"before_pool"`` (combine the k rows of each index, then pool) or
             ``"after_pool"`` (pool each table, then combine).
         per_sample_weights: ``None`` or float ``(N,)``, only with ``mode="sum"``; scales the
@@ -473,7 +593,9 @@ def embedding_bag_codes(
 
     Returns:
         ``(B, D_out)`` in the weights' dtype (``D_out = d`` for add/mult, ``sum(d_i)`` for concat;
-        float16/bfloat16 tables are pooled and combined in float32). Empty bags give zeros.
+        float16/bfloat16 tables are pooled and combined in float32). Empty bags give zeros. The
+        output is part of the autograd graph whenever a table requires grad, also when there are
+        no indices at all (the gradients are then zeros).
 
     Example::
 
@@ -483,6 +605,16 @@ def embedding_bag_codes(
         tensor([[2., 2.],
                 [4., 4.]])
     """
+    _check_kernel_args(codes, offsets, weights, operation, mode, compose, per_sample_weights,
+                       sparse, scale_grad_by_freq)
+    return _embedding_bag_codes_unchecked(
+        codes.long(), offsets.long(), weights, operation, mode, compose, per_sample_weights,
+        sparse, max_norm, norm_type, scale_grad_by_freq,
+    )
+
+
+def _check_kernel_args(codes, offsets, weights, operation, mode, compose, per_sample_weights,
+                       sparse, scale_grad_by_freq) -> None:
     check_operation(operation)
     check_mode(mode)
     check_compose(compose)
@@ -512,20 +644,24 @@ def embedding_bag_codes(
             )
     if sparse and scale_grad_by_freq:
         raise ValueError("scale_grad_by_freq=True is not supported with sparse=True (as in torch)")
-    return _embedding_bag_codes_unchecked(
-        codes.long(), offsets.long(), weights, operation, mode, compose, per_sample_weights,
-        sparse, max_norm, norm_type, scale_grad_by_freq,
-    )
+
+
+_UNKNOWN = -1  # bag_len not known yet (None: bags of unequal length)
 
 
 def _embedding_bag_codes_unchecked(
     codes, offsets, weights, operation, mode, compose, per_sample_weights,
-    sparse=False, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
+    sparse=False, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, bag_len=_UNKNOWN,
 ):
-    """:func:`embedding_bag_codes` without the argument checks (for callers that made them:
-    the modules validate their configuration once, at construction)."""
+    """:func:`embedding_bag_codes` without the argument checks, for callers that made them (the
+    modules validate their configuration once, at construction, and their input once a call).
+
+    ``codes`` may be a ``(k, N)`` tensor or a sequence of k int64 ``(N,)`` tensors (no stack
+    needed); ``bag_len`` is ``L`` when every bag is known to hold ``L >= 1`` indices, ``None`` when
+    known not to, ``_UNKNOWN`` to have it computed here (a device sync on CUDA) when needed.
+    """
     k = len(weights)
-    n_idx = codes.shape[1]
+    n_idx = codes[0].shape[0]
     out_dtype = weights[0].dtype
     low_precision = out_dtype in _LOW_PRECISION
 
@@ -535,27 +671,33 @@ def _embedding_bag_codes_unchecked(
         compose = "after_pool"  # nothing to combine
     elif compose == "before_pool" and operation != "mult" and mode != "max":
         compose = "after_pool"  # pooling is linear and coordinate-wise: add/concat commute with it
-    # every bag exactly bag_len >= 1 long (always for 2-D input): pool by a reshape
-    bag_len = _fixed_bag_length(offsets, n_idx) if (compose == "before_pool" or low_precision or mode == "max") else None
+    # F.embedding_bag pools exactly (max: the gradient to the first maximum) except that its max
+    # mode refuses sparse gradients and scale_grad_by_freq
+    fused = not low_precision and not (mode == "max" and (sparse or scale_grad_by_freq))
+    if bag_len == _UNKNOWN and (compose == "before_pool" or not fused):
+        bag_len = _fixed_bag_length(offsets, n_idx)  # every bag bag_len >= 1 long: pool by a reshape
     if compose == "before_pool" and bag_len == 1:
         # One index per bag: combining then pooling is pooling then combining; the per-sample
         # weight must scale the composed vector once, not every table.
         compose = "after_pool"
         scale_after, per_sample_weights = per_sample_weights, None
 
-    emb_kwargs = dict(max_norm=max_norm, norm_type=norm_type, scale_grad_by_freq=scale_grad_by_freq, sparse=sparse)
+    emb_kwargs = {}
+    if sparse:
+        emb_kwargs["sparse"] = True
+    if scale_grad_by_freq:
+        emb_kwargs["scale_grad_by_freq"] = True
+    if max_norm is not None:
+        emb_kwargs["max_norm"], emb_kwargs["norm_type"] = max_norm, norm_type
     if compose == "after_pool":
-        fused = not low_precision and not (mode == "max" and (sparse or scale_grad_by_freq))
-        parts = []
-        for i, w in enumerate(weights):
-            if fused:
-                parts.append(
-                    F.embedding_bag(
-                        codes[i], w, offsets, mode=mode, per_sample_weights=per_sample_weights,
-                        include_last_offset=True, **emb_kwargs,
-                    )
-                )
-            else:
+        if fused:
+            parts = [
+                _embedding_bag(codes[i], w, offsets, mode, per_sample_weights, **emb_kwargs)
+                for i, w in enumerate(weights)
+            ]
+        else:
+            parts = []
+            for i, w in enumerate(weights):
                 rows = _gather(codes[i], w, emb_kwargs)
                 if low_precision:
                     rows = rows.float()
@@ -567,7 +709,7 @@ def _embedding_bag_codes_unchecked(
         operation == "mult" and mode != "max" and max_norm is None and not scale_grad_by_freq
         and not low_precision
     ):
-        out = _MultPool.apply(codes, offsets, per_sample_weights, mode, sparse, bag_len, *weights)
+        out = _MultPool.apply(offsets, per_sample_weights, mode, sparse, bag_len, *codes, *weights)
     else:
         rows = []
         for i, w in enumerate(weights):
@@ -577,7 +719,6 @@ def _embedding_bag_codes_unchecked(
     return out.to(out_dtype) if out.dtype != out_dtype else out
 
 
-# ----------------------------------------------------------------------------------------------
 # the whole pipeline
 
 
@@ -626,13 +767,16 @@ def compositional_embedding_bag(
     """
     if len(weights) != family.k:
         raise ValueError(f"{name}: family has k={family.k} partitions but {len(weights)} tables were given")
-    flat, full_offsets, psw = normalize_bag_input(
+    flat, full_offsets, psw, bag_len = _normalize(
         input, offsets, per_sample_weights, include_last_offset, mode, family.n, name
     )
-    codes = family.encode(flat)
+    codes = encode_validated(family, flat)
     extras = dict(sparse=sparse, max_norm=max_norm, norm_type=norm_type, scale_grad_by_freq=scale_grad_by_freq)
-    if backend is None or backend == "torch":
-        return embedding_bag_codes(codes, full_offsets, weights, operation, mode, compose, psw, **extras)
+    if backend is None or backend == "torch" or getattr(backend, "name", None) == "torch":
+        _check_kernel_args(codes, full_offsets, weights, operation, mode, compose, psw, sparse, scale_grad_by_freq)
+        return _embedding_bag_codes_unchecked(
+            codes, full_offsets, weights, operation, mode, compose, psw, bag_len=bag_len, **extras
+        )
     if isinstance(backend, str):
         from compemb.kernels import resolve_backend
 
@@ -645,6 +789,27 @@ def compositional_embedding_bag(
     return backend.embedding_bag(
         codes, full_offsets, weights, operation, mode, compose, psw, **kernel_extras(**extras)
     )
+
+
+def encode_validated(family, flat: torch.Tensor) -> torch.Tensor:
+    """``family.encode(flat)`` for indices already checked to lie in ``[0, family.n)``.
+
+    ``PartitionFamily.encode`` validates its input again (an ``aminmax`` and, on CUDA, a device
+    sync); after :func:`normalize_bag_input` that is redundant, so this writes the codes
+    directly. Families without the internal ``_encode_into`` fall back to ``encode``.
+
+    Example::
+
+        >>> from compemb.partitions import quotient_remainder
+        >>> encode_validated(quotient_remainder(10, 4), torch.tensor([0, 9])).tolist()
+        [[0, 1], [0, 2]]
+    """
+    into = getattr(family, "_encode_into", None)
+    if into is None:
+        return family.encode(flat)
+    out = torch.empty((family.k, flat.shape[0]), dtype=torch.long, device=flat.device)
+    into(flat, out)
+    return out
 
 
 def kernel_extras(

@@ -74,16 +74,22 @@ class _BackendMixin:
             return f"backend=auto ({last})"
         return f"backend={self.backend}"
 
-    def _run(self, codes, offsets, weights, psw) -> torch.Tensor:
-        backend = self._resolve(weights, psw is not None)
-        if backend.name == "torch":  # the configuration was validated by the constructor
-            return CF._embedding_bag_codes_unchecked(
-                codes, offsets, weights, self.operation, self.mode, self.compose, psw,
-                self.sparse, self.max_norm, self.norm_type, self.scale_grad_by_freq,
-            )
-        extras = CF.kernel_extras(self.sparse, self.max_norm, self.norm_type, self.scale_grad_by_freq)
-        return backend.embedding_bag(
-            codes, offsets, weights, self.operation, self.mode, self.compose, psw, **extras
+    def _run(self, codes, offsets, weights, psw, bag_len=CF._UNKNOWN) -> torch.Tensor:
+        """Pool ``codes`` (a ``(k, N)`` tensor or k ``(N,)`` tensors) with the configured backend."""
+        # backend="torch" needs no resolution: the constructor validated the configuration and
+        # the reference serves every floating-point table (the one thing it could refuse)
+        if self.backend != "torch" or not weights[0].is_floating_point():
+            backend = self._resolve(weights, psw is not None)
+            if backend.name != "torch":
+                if not isinstance(codes, torch.Tensor):  # the kernel contract: one (k, N) tensor
+                    codes = torch.stack(codes)
+                extras = CF.kernel_extras(self.sparse, self.max_norm, self.norm_type, self.scale_grad_by_freq)
+                return backend.embedding_bag(
+                    codes, offsets, weights, self.operation, self.mode, self.compose, psw, **extras
+                )
+        return CF._embedding_bag_codes_unchecked(
+            codes, offsets, weights, self.operation, self.mode, self.compose, psw,
+            self.sparse, self.max_norm, self.norm_type, self.scale_grad_by_freq, bag_len,
         )
 
 
@@ -296,12 +302,13 @@ class CompositionalEmbeddingBag(_BackendMixin, nn.Module):
         offsets: Optional[torch.Tensor] = None,
         per_sample_weights: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        flat, full_offsets, psw = CF.normalize_bag_input(
+        flat, full_offsets, psw, bag_len = CF._normalize(
             input, offsets, per_sample_weights, self.include_last_offset, self.mode,
             self.num_embeddings, type(self).__name__,
         )
-        codes = self.family.encode(flat)
-        return self._run(codes, full_offsets, list(self.weights), psw)
+        # the indices were just checked: encode without the family's own (second) range check
+        codes = CF.encode_validated(self.family, flat)
+        return self._run(codes, full_offsets, list(self.weights), psw, bag_len)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}, operation={self.operation}, mode={self.mode}"
@@ -462,11 +469,19 @@ class QREmbeddingBag(_BackendMixin, nn.Module):
             self.weight_r.uniform_(-bound, bound)
 
     def encode(self, flat: torch.Tensor) -> torch.Tensor:
-        """Codes ``(2, N)``: quotients ``x // m`` and remainders ``x % m``, in int64 arithmetic."""
-        codes = torch.empty((2, flat.shape[0]), dtype=torch.long, device=flat.device)
-        torch.div(flat, self.num_collisions, rounding_mode="floor", out=codes[0])
-        torch.remainder(flat, self.num_collisions, out=codes[1])
-        return codes
+        """Codes ``(2, N)``: quotients ``x // m`` and remainders ``x % m``, in int64 arithmetic.
+
+        ``flat`` must hold validated indices in ``[0, num_categories)`` (e.g. from
+        :func:`compemb.functional.normalize_bag_input`).
+        """
+        return torch.stack(self._encode_pair(flat))
+
+    def _encode_pair(self, flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        # x >= 0 (validated): truncating division is floor division, and cheaper; the remainder
+        # is one multiply-subtract (x - m q) rather than a second division
+        m = self.num_collisions
+        q = torch.div(flat, m, rounding_mode="trunc")
+        return q, torch.sub(flat, q, alpha=m)
 
     def forward(
         self,
@@ -474,11 +489,11 @@ class QREmbeddingBag(_BackendMixin, nn.Module):
         offsets: Optional[torch.Tensor] = None,
         per_sample_weights: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        flat, full_offsets, psw = CF.normalize_bag_input(
+        flat, full_offsets, psw, bag_len = CF._normalize(
             input, offsets, per_sample_weights, self.include_last_offset, self.mode,
-            self.num_categories, type(self).__name__,
+            self.num_categories, "QREmbeddingBag",
         )
-        return self._run(self.encode(flat), full_offsets, [self.weight_q, self.weight_r], psw)
+        return self._run(self._encode_pair(flat), full_offsets, (self.weight_q, self.weight_r), psw, bag_len)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}, num_collisions={self.num_collisions}"

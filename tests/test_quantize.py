@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 
 from compemb import CompositionalEmbeddingBag, QREmbeddingBag, quantize
 from compemb.partitions import chinese_remainder
-from compemb.quantize import quantization_error
+from compemb.quantization import quantization_error
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

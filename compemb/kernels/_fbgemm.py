@@ -204,7 +204,7 @@ class FbgemmBackend(Backend):
         if reason is not None:
             return reason
         if dtype != torch.float32:
-            return f"dtype={dtype} (the fbgemm backend serves float32 tables; see compemb.quantize for int8/int4)"
+            return f"dtype={dtype} (the fbgemm backend serves float32 tables; see compemb.quantization.quantize for int8/int4)"
         if sparse:
             return "sparse=True gradients (fbgemm's fused optimizers live in CompositionalEmbeddingBagCollection)"
         if max_norm is not None:

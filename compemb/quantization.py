@@ -26,8 +26,6 @@ Example::
 """
 from __future__ import annotations
 
-import sys
-import types
 from typing import Optional, Sequence
 
 import torch
@@ -201,15 +199,3 @@ def quantization_error(module: nn.Module, quantized: QuantizedEmbeddingBag, inpu
         "fp32_nbytes": quantized.fp32_nbytes,
         "compression": quantized.compression_vs_fp32,
     }
-
-
-# ``compemb.quantize`` names both this module and the function (compemb/__init__.py maps the public
-# name to this module). Importing the module (``from compemb.quantize import ...``) binds the
-# package attribute ``compemb.quantize`` to the module, shadowing the function; make the module
-# callable so ``compemb.quantize(module, bits)`` works either way.
-class _CallableModule(types.ModuleType):
-    def __call__(self, module: nn.Module, bits: int = 8) -> QuantizedEmbeddingBag:
-        return quantize(module, bits)
-
-
-sys.modules[__name__].__class__ = _CallableModule
