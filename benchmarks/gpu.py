@@ -1,20 +1,26 @@
 """GPU benchmark: fused Triton compositional embedding bags vs torch, at Criteo Kaggle scale.
 
-Run on one CUDA GPU from the repository root (about 3-5 minutes)::
+Run on one CUDA GPU from the repository root (about 1.5 minutes; ``--full`` for the whole grid)::
 
     PYTHONPATH=. python3 benchmarks/gpu.py            # writes $OUT/gpu_bench.txt too, if $OUT is set
     PYTHONPATH=. python3 benchmarks/gpu.py --dry-run-cpu   # tiny sizes under TRITON_INTERPRET=1
 
-1. Correctness first: the Triton backend against the torch reference
+1. Correctness first: the per-table Triton backend against the torch reference
    (:func:`compemb.functional.embedding_bag_codes`) on the largest Criteo tables, fp32, forward
-   and gradients, one-hot and 20-hot, both compositions.
+   and gradients, one-hot and 20-hot, both compositions; then the table-batched Triton kernel
+   (:mod:`compemb.kernels._triton_tbe`, all 26 features in one launch) against the reference
+   on all 26 Criteo tables: forward, dense gradients and the fused exact-SGD step.
 2. Times (median of ``triton.testing.do_bench``, CUDA events, after warm-up) of forward and
-   forward+backward over all 26 Criteo Kaggle tables, d in {16, 64}, batch in {2048, 16384},
-   one-hot and 20-hot, for: the full ``nn.EmbeddingBag`` tables (sparse gradients, as DLRM
-   trains them); the reference DLRM QR module's two pooled bags per table (4 collisions, mult
-   after pooling); compemb QR (4 collisions, mult composed per index) on torch and on Triton;
-   FBGEMM TBE over the full tables and compemb QR on FBGEMM when ``fbgemm_gpu`` imports (else
-   the rows say why they are skipped).
+   forward+backward over all 26 Criteo Kaggle tables, d in {16, 64}, batch 16384, one-hot and
+   20-hot (``--full``: also batch 2048), for: the full ``nn.EmbeddingBag`` tables (sparse
+   gradients, as DLRM trains them; and with the ``torch.optim.SGD`` step); the reference DLRM
+   QR module's two pooled bags per table (4 collisions, mult after pooling); compemb QR (4
+   collisions, mult composed per index) on torch and on per-table Triton; compemb QR on the
+   table-batched Triton kernel (one launch for all features, ``validate=False``; backward with
+   dense gradients and with the fused exact SGD; the forward with ``validate=True`` on a line
+   of its own); the table-batched Triton kernel over the full tables with fused exact SGD (the
+   analogue of FBGEMM TBE over full tables); FBGEMM TBE over the full tables and compemb QR on
+   FBGEMM when ``fbgemm_gpu`` imports (else the rows say why they are skipped).
 3. A ratio table against the full ``nn.EmbeddingBag`` and against the two-pooled-bags
    reference, and the achieved GB/s of useful traffic (rows read + output written) against the
    device-to-device copy bandwidth measured in the same run.
@@ -43,10 +49,12 @@ from compemb.functional import embedding_bag_codes  # noqa: E402
 try:
     import triton  # noqa: E402
     from compemb.kernels._triton import triton_embedding_bag  # noqa: E402
+    from compemb.kernels._triton_tbe import tbe_embedding_bags, tbe_layout  # noqa: E402
     TRITON_ERROR = None
 except Exception as exc:  # pragma: no cover - reported in the table
     triton_embedding_bag = None
     TRITON_ERROR = f"{type(exc).__name__}: {exc}"
+from compemb import partitions  # noqa: E402
 
 # Criteo Kaggle cardinalities after DLRM preprocessing (DESIGN.md)
 CRITEO = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27,
@@ -160,6 +168,53 @@ def run_compemb_triton(w, qr, compose="before_pool"):
             for x, n, t in zip(w.inputs, w.sizes, qr)]
 
 
+class TBE:
+    """One table-batched Triton lookup over all features: the QR tables (shared with ``make_qr``,
+    copied into one flat buffer) or the full tables, with its own fused-SGD copy."""
+
+    def __init__(self, sizes, d, device, qr=None, full=False, lr=1e-3):
+        names = [f"C{i}" for i in range(len(sizes))]
+        if full:
+            fams = [partitions.naive(n) for n in sizes]
+            self.layout = tbe_layout(names, fams, d, "add", ["sum"] * len(sizes))
+            self.weight = torch.empty(self.layout.numel, device=device)
+            for f, n in enumerate(sizes):
+                b = self.layout.table_bases[f][0]
+                self.weight[b: b + n * d].uniform_(-(1 / n) ** 0.5, (1 / n) ** 0.5)
+        else:
+            # x mod m, then x div m: the same function as qr_codes (quotient, remainder) on make_qr
+            fams = [partitions.quotient_remainder(n, min(COLLISIONS, n)) for n in sizes]
+            self.layout = tbe_layout(names, fams, d, "mult", ["sum"] * len(sizes))
+            self.weight = torch.cat([t.detach().reshape(-1) for tq, tr in qr for t in (tr, tq)])
+        self.weight.requires_grad_(not full)
+        self.lr = lr
+        self.sgd_weight = self.weight if full else None  # full: only the fused-SGD path (no copy)
+        self.scratch = torch.zeros(self.layout.numel if not full else 0, device=device)
+        self.placeholder = torch.zeros(0, device=device, requires_grad=True)
+
+    def kjt(self, w):
+        """Values feature-major and F * B + 1 offsets (every bag holds L indices)."""
+        values = torch.cat(w.inputs)
+        offsets = torch.arange(0, values.numel() + 1, w.L, device=values.device)
+        return values, offsets
+
+    def forward(self, kjt, validate=False):
+        return tbe_embedding_bags(kjt[0], kjt[1], self.weight, self.layout, validate=validate)
+
+    def forward_sgd(self, kjt):
+        if self.sgd_weight is None:
+            self.sgd_weight = self.weight.detach().clone()
+        return tbe_embedding_bags(kjt[0], kjt[1], self.sgd_weight, self.layout, validate=False,
+                                  optimizer="exact_sgd", learning_rate=self.lr,
+                                  scratch=self.scratch if self.scratch.numel() else None,
+                                  placeholder=self.placeholder)
+
+
+def sgd_step_full(w, full, opt):
+    fwd_bwd(run_full, w, full)
+    opt.step()
+
+
 def make_collections(sizes, d, device):
     """FBGEMM TBE over the full tables, and compemb QR in one TBE (fused exact SGD), if fbgemm imports."""
     from compemb.collection import CompositionalEmbeddingBagCollection
@@ -223,27 +278,83 @@ def check_correctness(device, sizes, d, B, gen):
     return ok_all
 
 
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def check_tbe(device, sizes, d, B, gen):
+    """The table-batched kernel (all features, one launch) against the per-feature reference."""
+    say("## correctness: triton TBE (all features, one launch) vs torch reference (fp32)")
+    ok_all = True
+    lr = 0.1
+    for L in (1, 20):
+        w = Workload(sizes, d, B, L, device, gen)
+        qr = make_qr(sizes, d, device)
+        tbe = TBE(sizes, d, device, qr=qr, lr=lr)
+        kjt = tbe.kjt(w)
+        got = tbe.forward(kjt, validate=True)
+        want = torch.cat(run_compemb_torch(w, qr), dim=1)
+        g = torch.randn_like(want)
+        (gg,) = torch.autograd.grad(got, tbe.weight, g)
+        params = [t for tq, tr in qr for t in (tr, tq)]  # the flat buffer's order
+        gw = torch.cat([x.reshape(-1) for x in torch.autograd.grad(want, params, g)])
+        tbe.forward_sgd(kjt).backward(g)
+        step = tbe.sgd_weight - tbe.weight.detach()
+        fwd_err, bwd_err, sgd_err = rel_err(got, want), rel_err(gg, gw), rel_err(step, -lr * gw)
+        scratch_zero = bool((tbe.scratch == 0).all())
+        ok = fwd_err < 1e-5 and bwd_err < 1e-4 and sgd_err < 1e-4 and scratch_zero
+        raised = "n/a"
+        if L == 1:  # an out-of-range index is reported with its feature, value and n
+            f = max(range(len(sizes)), key=lambda i: sizes[i])
+            bad = kjt[0].clone()
+            bad[f * B * L] = sizes[f]
+            try:
+                tbe.forward((bad, kjt[1]), validate=True)
+                raised = "NOT raised"
+                ok = False
+            except IndexError as exc:
+                raised = "raised" if f"C{f}" in str(exc) and str(sizes[f]) in str(exc) else f"wrong message: {exc}"
+                ok &= raised == "raised"
+        ok_all &= ok
+        say(f"  {L:>2}-hot, {len(sizes)} features: forward max rel err {fwd_err:.2e}, dense gradient {bwd_err:.2e}, "
+            f"fused SGD step {sgd_err:.2e}, scratch left zero {scratch_zero}, validation error {raised}  "
+            f"{'PASS' if ok else 'FAIL'}")
+        del qr, w, tbe
+    return ok_all
+
+
 # -- 2. timing ----------------------------------------------------------------------------------
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run-cpu", action="store_true", help="tiny sizes on CPU under TRITON_INTERPRET=1")
-    parser.add_argument("--budget-s", type=float, default=270.0, help="stop timing new rows after this")
+    parser.add_argument("--full", action="store_true", help="the whole grid: batch 2048 too")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no new configuration (nor the block sweep) after this many seconds "
+                             "(default 60 on the GPU; none for --dry-run-cpu, which must run every row)")
     args = parser.parse_args(argv)
+    if args.budget_s is None:
+        args.budget_s = float("inf") if args.dry_run_cpu else 60.0
     t_start = time.time()
     if args.dry_run_cpu:
         device = torch.device("cpu")
         sizes = [min(n, 500) for n in CRITEO[:6]]
-        dims, batches, hots = (4, 8), (8,), (1, 3)
+        configs = [(4, 8, 1), (4, 8, 3), (8, 8, 3)]
         check = dict(sizes=sizes[:3], d=4, B=8)
+        check_tbe_args = dict(sizes=[min(n, 500) for n in CRITEO], d=4, B=4)
+        sweep = (8, 16, 3)
     else:
         if not torch.cuda.is_available():
             print("no CUDA device: run with --dry-run-cpu to check the script on CPU", file=sys.stderr)
             return 2
         device = torch.device("cuda")
         sizes = CRITEO
-        dims, batches, hots = (16, 64), (2048, 16384), (1, 20)
+        batches = (2048, 16384) if args.full else (16384,)
+        # the goals' configuration first, in case the time budget cuts the rest
+        configs = [(d, B, L) for d in (64, 16) for B in batches for L in (20, 1)]
         big = sorted(CRITEO, reverse=True)[:4] + [3, 24]
         check = dict(sizes=big, d=16, B=2048)
+        check_tbe_args = dict(sizes=CRITEO, d=16, B=2048)
+        sweep = (64, 16384, 20)
     gen = torch.Generator(device=device).manual_seed(0)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU (dry run, interpreter)"
     say(f"# compemb GPU benchmark on {name}")
@@ -254,15 +365,21 @@ def main(argv=None):
         return 1
     fb = fbgemm_status()
     ok = check_correctness(device, gen=gen, **check)
-    say(f"correctness: {'PASS' if ok else 'FAIL'}")
+    ok &= check_tbe(device, gen=gen, **check_tbe_args)
+    say(f"correctness: {'PASS' if ok else 'FAIL'}  ({time.time() - t_start:.0f} s)")
     bw = copy_bandwidth_gbs(device)
     say(f"device-to-device copy bandwidth: {bw:.0f} GB/s (read + write)")
     say("")
     methods = [
         ("full nn.EmbeddingBag", 1),
+        ("full EmbeddingBag + SGD", 1),
         ("DLRM QR (2 pooled bags)", 2),
         ("compemb QR torch", 2),
         ("compemb QR triton", 2),
+        ("QR triton TBE", 2),
+        ("QR triton TBE + SGD", 2),
+        ("QR TBE validate=True", 2),
+        ("full triton TBE + SGD", 1),
         ("FBGEMM TBE full", 1),
         ("compemb QR fbgemm", 2),
     ]
@@ -272,91 +389,142 @@ def main(argv=None):
     say("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     skipped = []
     results = {}
-    for d in dims:
-        full = make_full(sizes, d, device)
-        qr = make_qr(sizes, d, device)
-        qr_params = [p for pair in qr for p in pair]
-        colls = None
-        if fb is None:
+    state = {}
+    for d, B, L in configs:
+        if time.time() - t_start > args.budget_s:
+            skipped.append(f"d={d} B={B} {L}-hot (time budget)")
+            continue
+        if state.get("d") != d:
+            state.clear()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            full = make_full(sizes, d, device)
+            qr = make_qr(sizes, d, device)
+            state = dict(d=d, full=full, qr=qr, qr_params=[p for pair in qr for p in pair],
+                         opt=torch.optim.SGD(full, lr=1e-3), tbe=TBE(sizes, d, device, qr=qr),
+                         tbe_full=TBE(sizes, d, device, full=True), colls=None)
+            if fb is None:
+                try:
+                    state["colls"] = make_collections(sizes, d, device)
+                except Exception as exc:  # pragma: no cover - reported in the table
+                    fb = f"FBGEMM collection failed to build: {type(exc).__name__}: {str(exc)[:100]}"
+        full, qr, qr_params, tbe, tbe_full, colls = (state[k] for k in ("full", "qr", "qr_params", "tbe", "tbe_full",
+                                                                         "colls"))
+        w = Workload(sizes, d, B, L, device, gen)
+        kjt = tbe.kjt(w)
+        rows = {}
+        # (forward, forward+backward or None, tensors whose .grad to reset)
+        runners = {
+            "full nn.EmbeddingBag": (lambda: run_full(w, full), None, full),
+            "full EmbeddingBag + SGD": (lambda: run_full(w, full), lambda: sgd_step_full(w, full, state["opt"]), full),
+            "DLRM QR (2 pooled bags)": (lambda: run_dlrm_qr(w, qr), None, qr_params),
+            "compemb QR torch": (lambda: run_compemb_torch(w, qr), None, qr_params),
+            "compemb QR triton": (lambda: run_compemb_triton(w, qr), None, qr_params),
+            "QR triton TBE": (lambda: tbe.forward(kjt), None, [tbe.weight]),
+            "QR triton TBE + SGD": (lambda: tbe.forward_sgd(kjt), None, None),
+            "QR TBE validate=True": (lambda: tbe.forward(kjt, validate=True), "skip", None),
+            "full triton TBE + SGD": (lambda: tbe_full.forward_sgd(kjt), None, None),
+        }
+        if colls is not None:  # fused exact SGD: forward+backward includes the update
+            runners["FBGEMM TBE full"] = (lambda: run_collection(w, colls[0]), None, None)
+            runners["compemb QR fbgemm"] = (lambda: run_collection(w, colls[1]), None, None)
+        for label, rows_per_index in methods:
+            if label not in runners:
+                rows[label] = None
+                continue
+            fn, fb_fn, params = runners[label]
             try:
-                colls = make_collections(sizes, d, device)
-            except Exception as exc:  # pragma: no cover - reported in the table
-                fb = f"FBGEMM collection failed to build: {type(exc).__name__}: {str(exc)[:100]}"
-        for B in batches:
-            for L in hots:
-                if time.time() - t_start > args.budget_s:
-                    skipped.append(f"d={d} B={B} {L}-hot (time budget)")
-                    continue
-                w = Workload(sizes, d, B, L, device, gen)
-                rows = {}
-                runners = {
-                    "full nn.EmbeddingBag": (lambda: run_full(w, full), full),
-                    "DLRM QR (2 pooled bags)": (lambda: run_dlrm_qr(w, qr), qr_params),
-                    "compemb QR torch": (lambda: run_compemb_torch(w, qr), qr_params),
-                    "compemb QR triton": (lambda: run_compemb_triton(w, qr), qr_params),
-                }
-                if colls is not None:  # fused exact SGD: forward+backward includes the update
-                    runners["FBGEMM TBE full"] = (lambda: run_collection(w, colls[0]), None)
-                    runners["compemb QR fbgemm"] = (lambda: run_collection(w, colls[1]), None)
-                for label, rows_per_index in methods:
-                    if label not in runners:
-                        rows[label] = None
-                        continue
-                    fn, params = runners[label]
-                    try:
-                        with torch.no_grad():
-                            f_ms = bench_ms(fn)
-                        fb_ms = bench_ms(lambda: fwd_bwd(lambda: fn()), grads=params)
-                        rows[label] = (f_ms, fb_ms, w.useful_bytes(rows_per_index) / (f_ms * 1e-3) / 1e9)
-                    except torch.cuda.OutOfMemoryError as exc:  # pragma: no cover
-                        rows[label] = f"out of memory: {str(exc)[:60]}"
-                        torch.cuda.empty_cache()
-                for label, r in rows.items():
-                    if isinstance(r, tuple):
-                        results[(d, B, L, label)] = r
-                base_f, base_fb = rows["full nn.EmbeddingBag"][0], rows["full nn.EmbeddingBag"][1]
-                dlrm_f = rows["DLRM QR (2 pooled bags)"][0]
-                for label, _ in methods:
-                    r = rows[label]
-                    if r is None:
-                        why = fb
-                        say(f"| {d:>3} | {B:>6} | {L:>3} | {label:<24} | skipped: {why}")
-                        continue
-                    if isinstance(r, str):
-                        say(f"| {d:>3} | {B:>6} | {L:>3} | {label:<24} | {r}")
-                        continue
-                    f_ms, fb_ms, gbs = r
-                    say(f"| {d:>3} | {B:>6} | {L:>3} | {label:<24} | {f_ms:8.3f} | {fb_ms:10.3f} | "
-                        f"{base_f / f_ms:10.2f} | {dlrm_f / f_ms:13.2f} | {base_fb / fb_ms:10.2f} | "
-                        f"{gbs:8.0f} | {100 * gbs / bw:5.0f}% |")
-                del w
-        del full, qr, qr_params, colls
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+                with torch.no_grad():
+                    f_ms = bench_ms(fn)
+                if fb_fn == "skip":
+                    fb_ms = float("nan")
+                else:
+                    fb_ms = bench_ms(fb_fn or (lambda: fwd_bwd(lambda: fn())), grads=params)
+                rows[label] = (f_ms, fb_ms, w.useful_bytes(rows_per_index) / (f_ms * 1e-3) / 1e9)
+            except torch.cuda.OutOfMemoryError as exc:  # pragma: no cover
+                rows[label] = f"out of memory: {str(exc)[:60]}"
+                torch.cuda.empty_cache()
+        for label, r in rows.items():
+            if isinstance(r, tuple):
+                results[(d, B, L, label)] = r
+        base_f, base_fb = rows["full nn.EmbeddingBag"][0], rows["full nn.EmbeddingBag"][1]
+        dlrm_f = rows["DLRM QR (2 pooled bags)"][0]
+        for label, _ in methods:
+            r = rows[label]
+            if r is None:
+                say(f"| {d:>3} | {B:>6} | {L:>3} | {label:<24} | skipped: {fb}")
+                continue
+            if isinstance(r, str):
+                say(f"| {d:>3} | {B:>6} | {L:>3} | {label:<24} | {r}")
+                continue
+            f_ms, fb_ms, gbs = r
+            say(f"| {d:>3} | {B:>6} | {L:>3} | {label:<24} | {f_ms:8.3f} | {fb_ms:10.3f} | "
+                f"{base_f / f_ms:10.2f} | {dlrm_f / f_ms:13.2f} | {base_fb / fb_ms:10.2f} | "
+                f"{gbs:8.0f} | {100 * gbs / bw:5.0f}% |")
+        del w, kjt
+    state.clear()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    # bags per program of the table-batched forward (the default is picked from d and k)
+    d, B, L = sweep
+    if time.time() - t_start < args.budget_s:
+        qr = make_qr(sizes, d, device)
+        tbe = TBE(sizes, d, device, qr=qr)
+        w = Workload(sizes, d, B, L, device, gen)
+        kjt = tbe.kjt(w)
+        parts = []
+        for block_b in (8, 16, 32, 64):
+            with torch.no_grad():
+                ms = bench_ms(lambda: tbe_embedding_bags(kjt[0], kjt[1], tbe.weight, tbe.layout, validate=False,
+                                                         block_b=block_b))
+            parts.append(f"block_b={block_b}: {ms:.3f} ms")
+        import compemb.kernels._triton_tbe as tbe_module
+
+        tbe_module.PREFETCH_INDICES = False  # the default block_b, without the next-index prefetch
+        try:
+            with torch.no_grad():
+                ms = bench_ms(lambda: tbe.forward(kjt))
+            parts.append(f"default block_b without index prefetch: {ms:.3f} ms")
+        finally:
+            tbe_module.PREFETCH_INDICES = True
+        say(f"QR triton TBE forward, d={d} B={B} {L}-hot: " + ", ".join(parts))
+        del qr, tbe, w, kjt
+    else:
+        skipped.append("block_b sweep (time budget)")
     say("")
     say("## goals (issue 4)")
     for (d, B, L, label), (f_ms, fb_ms, gbs) in sorted(results.items()):
-        if label != "compemb QR triton":
+        if label not in ("compemb QR triton", "QR triton TBE"):
             continue
         dl = results.get((d, B, L, "DLRM QR (2 pooled bags)"))
-        tbe = results.get((d, B, L, "FBGEMM TBE full"))
+        tbe_fb = results.get((d, B, L, "FBGEMM TBE full"))
+        full_sgd = results.get((d, B, L, "full EmbeddingBag + SGD"))
+        tri_full = results.get((d, B, L, "full triton TBE + SGD"))
+        mine = results.get((d, B, L, "QR triton TBE + SGD")) if label == "QR triton TBE" else None
+        step = mine[1] if mine else fb_ms
         parts = []
         if L > 1 and dl:
             x = dl[0] / f_ms
             parts.append(f"fwd {x:.2f}x the two-pooled-bags QR (goal >= 2): {'met' if x >= 2 else 'NOT met'}")
-        if B == max(batches):
+        if B == max(c[1] for c in configs):
             parts.append(f"fwd at {100 * gbs / bw:.0f}% of copy bandwidth (goal >= 60%): "
                          f"{'met' if gbs >= 0.6 * bw else 'NOT met'}")
-        if tbe:
-            parts.append(f"fwd+bwd {tbe[1] / fb_ms:.2f}x FBGEMM TBE over full tables (goal >= 1)")
+        if tbe_fb:
+            parts.append(f"training step {tbe_fb[1] / step:.2f}x FBGEMM TBE over full tables (goal >= 1)")
         else:
             parts.append("vs FBGEMM TBE full: not measured (" + (fb or "no rows") + ")")
-        say(f"  d={d} B={B} {L}-hot: " + "; ".join(parts))
+        if tri_full:
+            parts.append(f"training step {tri_full[1] / step:.2f}x the triton TBE over full tables (fused SGD)")
+        if full_sgd:
+            parts.append(f"{full_sgd[1] / step:.2f}x full nn.EmbeddingBag + sparse SGD step")
+        say(f"  {label}, d={d} B={B} {L}-hot: " + "; ".join(parts))
     say("")
     say("ratios are speed-ups (baseline ms / method ms): > 1 means faster than the baseline.")
     say("useful traffic = rows read (k rows per index) + output written; full tables: 1 row per index.")
-    say("full nn.EmbeddingBag trains with sparse gradients; compemb QR torch/triton write dense gradients "
-        "of the (4x smaller) component tables.")
+    say("full nn.EmbeddingBag trains with sparse gradients (+ SGD: and the torch.optim.SGD step); compemb QR "
+        "torch/triton write dense gradients of the (4x smaller) component tables. TBE = one launch for all 26 "
+        "features (validate=False unless said); '+ SGD': the exact SGD update fused into backward; "
+        "'validate=True': the forward with the batched input check (one device sync).")
     if skipped:
         say("skipped: " + "; ".join(skipped))
     say(f"total wall time {time.time() - t_start:.0f} s")

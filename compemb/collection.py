@@ -1,12 +1,21 @@
-"""Many compositional embedding bags in one module, optionally in one FBGEMM table-batched lookup.
+"""Many compositional embedding bags in one module, in one FBGEMM or Triton table-batched lookup.
 
 :class:`CompositionalEmbeddingBagCollection` serves many features (one table spec each, like
 TorchRec's ``EmbeddingBagCollection``). With ``backend="fbgemm"`` every component table of every
 feature lives in a single FBGEMM ``SplitTableBatchedEmbeddingBagsCodegen`` (TBE), so one kernel
 looks up and pools all of them; with a fused optimizer (``"exact_sgd"`` or
 ``"exact_rowwise_adagrad"``) the update happens inside the backward pass and no gradient tensor
-is ever materialised. With ``backend="torch"`` each feature is computed by the reference
+is ever materialised. With ``backend="triton"`` every component table lives in one flat buffer
+and one fused Triton launch (:mod:`compemb.kernels._triton_tbe`) encodes the raw indices in the
+kernel, gathers, combines and pools all features (one more launch for backward, with an optional
+fused ``"exact_sgd"``). With ``backend="torch"`` each feature is computed by the reference
 :func:`compemb.functional.embedding_bag_codes` (use any ``torch.optim`` optimizer).
+
+The triton backend is exact for every operation and composition with ``sum``/``mean``; it needs one
+``embedding_dim`` for all features, one operation among the features with k > 1 (one
+``compose`` among the ``mult`` ones), and partitions of digit form ``(x // P) % m`` (``full``,
+``qr``, ``gqr``, ``crt``). Inputs are validated for all features at once, with a single device
+sync (``validate=False`` skips it for trusted inputs).
 
 Exactness: TBE pools each table on its own, so the collection is exact for ``add`` and ``concat``
 with ``sum``/``mean`` pooling, and for ``mult`` with ``compose="after_pool"`` or one-hot bags.
@@ -34,9 +43,10 @@ from torch import nn
 from compemb import functional as CF
 from compemb import partitions
 
-__all__ = ["CompositionalEmbeddingBagCollection", "FeatureSpec", "OPTIMIZERS"]
+__all__ = ["CompositionalEmbeddingBagCollection", "FeatureSpec", "OPTIMIZERS", "BACKENDS"]
 
 OPTIMIZERS = (None, "exact_sgd", "exact_rowwise_adagrad")
+BACKENDS = ("fbgemm", "triton", "torch")
 _METHODS = ("full", "qr", "gqr", "crt")
 
 
@@ -126,16 +136,23 @@ class CompositionalEmbeddingBagCollection(nn.Module):
             ``full``, ``qr``, ``gqr``, ``crt``) or tuples ``(name, num_embeddings, embedding_dim,
             family, operation, mode[, compose])`` with ``family`` a ``PartitionFamily``, an int
             (quotient–remainder ``num_collisions``) or ``None`` (full table). Names must be unique.
-        backend: ``"fbgemm"`` (one TBE over all component tables) or ``"torch"`` (the reference).
-        optimizer: fbgemm only: ``"exact_sgd"`` or ``"exact_rowwise_adagrad"`` fuse the update
-            into backward (the tables are then not ``nn.Parameter``s); ``None`` keeps dense
-            trainable parameters (FBGEMM's dense TBE) for any ``torch.optim`` optimizer.
+        backend: ``"fbgemm"`` (one TBE over all component tables), ``"triton"`` (one fused
+            Triton launch over a flat buffer of all component tables, encoding in the kernel) or
+            ``"torch"`` (the reference).
+        optimizer: ``"exact_sgd"`` (fbgemm, triton) or ``"exact_rowwise_adagrad"`` (fbgemm) fuse
+            the update into backward (the tables are then not ``nn.Parameter``s); ``None`` keeps
+            dense trainable parameters (FBGEMM's dense TBE; triton's flat ``weight``) for any
+            ``torch.optim`` optimizer.
         learning_rate: the fused optimizer's step size.
         eps: row-wise Adagrad's epsilon.
         sparse: torch backend only: sparse gradients (for ``torch.optim.SparseAdam`` / sparse
             Adagrad / SGD).
         include_last_offset: the ``nn.EmbeddingBag`` meaning, for 1-D inputs with offsets.
         device: where the tables live.
+        seed: seeds the table initialisation.
+        validate: triton only: check the indices and offsets of all features before each lookup
+            (default ``True``; one batched check, one device sync). ``False`` trusts the input
+            (benchmarks): an out-of-range index then reads or writes out of bounds.
 
     Shape:
         - input: a list (in config order) or a dict (by name) of ``(indices, offsets)`` pairs
@@ -163,15 +180,19 @@ class CompositionalEmbeddingBagCollection(nn.Module):
         include_last_offset: bool = False,
         device: Union[str, torch.device, None] = None,
         seed: Optional[int] = None,
+        validate: bool = True,
     ) -> None:
         super().__init__()
-        if backend not in ("fbgemm", "torch"):
-            raise ValueError(f"backend must be 'fbgemm' or 'torch', got {backend!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        if optimizer is not None and backend != "fbgemm":
-            raise ValueError(f"optimizer={optimizer!r} is fused into FBGEMM's backward: it needs "
-                             f"backend='fbgemm', got backend={backend!r}")
+        if optimizer is not None and backend == "torch":
+            raise ValueError(f"optimizer={optimizer!r} is fused into backward: it needs backend='fbgemm' (or "
+                             f"'triton' for 'exact_sgd'), got backend={backend!r}")
+        if optimizer == "exact_rowwise_adagrad" and backend == "triton":
+            raise ValueError("optimizer='exact_rowwise_adagrad' is not fused by backend='triton' (it fuses "
+                             "'exact_sgd' only); use backend='fbgemm'")
         if sparse and backend != "torch":
             raise ValueError("sparse=True is for backend='torch' (fbgemm fuses the sparse update)")
         if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
@@ -189,15 +210,21 @@ class CompositionalEmbeddingBagCollection(nn.Module):
         self.eps = float(eps)
         self.sparse = bool(sparse)
         self.include_last_offset = bool(include_last_offset)
+        self.validate = bool(validate)
         device = torch.device(device) if device is not None else torch.device("cpu")
         self._tables = [(f, t) for f, s in enumerate(self.specs) for t in range(s.k)]
         shapes = [(self.specs[f].family.table_sizes[t], self.specs[f].widths[t]) for f, t in self._tables]
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         init = [self._init_table(self.specs[f], r, d, gen) for (f, _), (r, d) in zip(self._tables, shapes)]
 
+        self.layout = None
         if backend == "torch":
             self.weights = nn.ParameterList([nn.Parameter(w.to(device)) for w in init])
             self.tbe = None
+        elif backend == "triton":
+            self.weights = None
+            self.tbe = None
+            self._build_triton(init, device)
         else:
             self.weights = None
             self.tbe = self._build_tbe(shapes, device)
@@ -244,6 +271,42 @@ class CompositionalEmbeddingBagCollection(nn.Module):
             pooling_mode=PoolingMode.SUM, device=device,
         )
 
+    def _build_triton(self, init, device):
+        from compemb.kernels import _triton_tbe
+
+        if device.type == "cpu" and not _triton_tbe.INTERPRETED:
+            raise ValueError("backend='triton' on CPU needs TRITON_INTERPRET=1 set before triton is imported "
+                             "(the compiled kernels run on CUDA)")
+        dims = {s.embedding_dim for s in self.specs}
+        if len(dims) != 1:
+            raise ValueError(f"backend='triton' needs one embedding_dim for all features, got "
+                             f"{ {s.name: s.embedding_dim for s in self.specs} }")
+        multi = [s for s in self.specs if s.k > 1]
+        ops = sorted({s.operation for s in multi})
+        if len(ops) > 1:
+            raise ValueError(f"backend='triton' serves one operation per collection, got {ops} "
+                             f"({ {s.name: s.operation for s in multi} })")
+        operation = ops[0] if ops else "add"
+        composes = sorted({s.compose for s in multi if s.operation == "mult"})
+        if len(composes) > 1:
+            raise ValueError(f"backend='triton' serves one compose for the 'mult' features, got {composes}")
+        compose = composes[0] if composes else "before_pool"
+        widths = [s.widths if s.k > 1 or operation != "concat" else (s.embedding_dim,) for s in self.specs]
+        self.layout = _triton_tbe.tbe_layout(
+            [s.name for s in self.specs], [s.family for s in self.specs], dims.pop(), operation,
+            [s.mode for s in self.specs], compose, widths)
+        flat = torch.cat([w.reshape(-1) for w in init]).to(device)
+        if self.optimizer is None:
+            self.weight = nn.Parameter(flat)
+        else:
+            self.register_buffer("weight", flat)
+            # exact SGD for mult accumulates into a scratch that every step leaves all-zero
+            scratch = torch.zeros(flat.numel() if operation == "mult" else 0, device=device)
+            self.register_buffer("_sgd_scratch", scratch, persistent=False)
+            # autograd runs backward only through a tensor that requires grad (FBGEMM does the same)
+            self.register_buffer("_placeholder", torch.zeros(0, device=device, requires_grad=True),
+                                 persistent=False)
+
     # -- access -------------------------------------------------------------------------------
     @property
     def feature_names(self) -> List[str]:
@@ -253,6 +316,11 @@ class CompositionalEmbeddingBagCollection(nn.Module):
         """The component tables (live views: writing them changes the module), all or one feature's."""
         if self.backend == "torch":
             all_tables = list(self.weights)
+        elif self.backend == "triton":
+            flat = self.weight.detach()
+            all_tables = [flat[b: b + r * w].view(r, w)
+                          for bases, shapes in zip(self.layout.table_bases, self.layout.table_shapes)
+                          for b, (r, w) in zip(bases, shapes)]
         else:
             all_tables = list(self.tbe.split_embedding_weights())
         if name is None:
@@ -317,7 +385,13 @@ class CompositionalEmbeddingBagCollection(nn.Module):
             raise ValueError(f"all features need one batch size, got {[o.numel() - 1 for _, o in out]}")
         return out, keyed
 
-    def forward(self, features, concat: bool = False):
+    def forward(self, features, concat: bool = False, validate: Optional[bool] = None):
+        """Look up all features (see the class docstring for the input forms).
+
+        ``validate`` (triton only) overrides the module's ``validate`` for this call.
+        """
+        if self.backend == "triton":
+            return self._forward_triton(features, concat, self.validate if validate is None else validate)
         pairs, keyed = self._features(features)
         codes = [spec.family.encode(flat) for spec, (flat, _) in zip(self.specs, pairs)]
         if self.backend == "torch":
@@ -374,7 +448,107 @@ class CompositionalEmbeddingBagCollection(nn.Module):
         assert all(o.shape[0] == B for o in outs)
         return outs
 
+    # -- triton --------------------------------------------------------------------------------
+    def _pack(self, features):
+        """Concatenate the features feature-major without device syncs: ``(values, offsets, keyed, checks)``.
+
+        ``checks`` are ``(flag, raise_fn)`` pairs for :func:`validate_tbe_input` (every feature's
+        own offsets start at 0 and end at its number of indices).
+        """
+        if hasattr(features, "keys") and hasattr(features, "values") and hasattr(features, "offsets") \
+                and callable(getattr(features, "offsets")) and list(features.keys()) == self.feature_names:
+            return features.values(), features.offsets(), True, []
+        if hasattr(features, "keys") and hasattr(features, "values") and callable(getattr(features, "offsets", None)):
+            pairs, _ = self._features(features)  # other key order: the per-feature path
+            return self._pack([(x, o, True) for x, o in pairs])[:2] + (True, [])
+        if isinstance(features, Mapping):
+            missing = [s.name for s in self.specs if s.name not in features]
+            if missing:
+                raise KeyError(f"features {missing} missing from the input (got {sorted(features)})")
+            items, keyed = [features[s.name] for s in self.specs], True
+        else:
+            items, keyed = list(features), False
+            if len(items) != len(self.specs):
+                raise ValueError(f"expected {len(self.specs)} features {self.feature_names}, got {len(items)}")
+        values, offsets, firsts, lasts, counts, batch = [], [], [], [], [], []
+        base = 0
+        for spec, item in zip(self.specs, items):
+            if isinstance(item, torch.Tensor):
+                item = (item, None)
+            x, off = item[0], item[1]
+            last = item[2] if len(item) > 2 else self.include_last_offset
+            name = f"feature {spec.name!r}"
+            if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+                raise TypeError(f"{name}: indices must be an integer tensor, got "
+                                f"{getattr(x, 'dtype', type(x).__name__)}")
+            if x.dim() == 2:
+                if off is not None:
+                    raise ValueError(f"{name}: offsets must be None for 2-D input, got shape {tuple(off.shape)}")
+                B, L = x.shape
+                off = torch.arange(B + 1, device=x.device) * L
+                x = x.reshape(-1)
+            elif x.dim() == 1:
+                if off is None:
+                    raise ValueError(f"{name}: offsets are required with 1-D input (got None)")
+                if not isinstance(off, torch.Tensor) or off.dim() != 1 or off.is_floating_point():
+                    raise ValueError(f"{name}: offsets must be a 1-D integer tensor")
+                off = off.to(device=x.device, dtype=torch.long)
+                if not last:
+                    off = torch.cat([off, off.new_full((1,), x.numel())])
+                if off.numel() < 1:
+                    raise ValueError(f"{name}: with include_last_offset=True offsets needs at least one entry")
+            else:
+                raise ValueError(f"{name}: input must be 1-D or 2-D, got shape {tuple(x.shape)}")
+            batch.append(off.numel() - 1)
+            values.append(x.long())
+            offsets.append(off[:-1] + base)
+            firsts.append(off[0])
+            lasts.append(off[-1])
+            counts.append(x.numel())
+            base += x.numel()
+        if len(set(batch)) != 1:
+            raise ValueError(f"all features need one batch size, got {batch}")
+        device = values[0].device
+        offsets.append(torch.tensor([base], device=device))
+        firsts, lasts = torch.stack(firsts), torch.stack(lasts)
+        counts_t = torch.tensor(counts, device=device)
+        names = self.feature_names
+
+        def bad_first():
+            f = int((firsts != 0).nonzero()[0, 0])
+            raise ValueError(f"feature {names[f]!r}: offsets[0] must be 0, got {int(firsts[f])}")
+
+        def bad_last():
+            f = int((lasts != counts_t).nonzero()[0, 0])
+            raise ValueError(f"feature {names[f]!r}: the last offset is {int(lasts[f])} but the feature has "
+                             f"{counts[f]} indices (backend='triton' needs every index in a bag)")
+
+        checks = [((firsts != 0).any(), bad_first), ((lasts != counts_t).any(), bad_last)]
+        return torch.cat(values), torch.cat(offsets), keyed, checks
+
+    def _forward_triton(self, features, concat, validate):
+        from compemb.kernels._triton_tbe import tbe_embedding_bags, validate_tbe_input
+
+        values, offsets, keyed, checks = self._pack(features)
+        if validate:
+            validate_tbe_input(values, offsets, self.layout, checks)
+        if self.optimizer is None:
+            out = tbe_embedding_bags(values, offsets, self.weight, self.layout, validate=False)
+        else:
+            out = tbe_embedding_bags(values, offsets, self.weight, self.layout, validate=False,
+                                     optimizer=self.optimizer, learning_rate=self.learning_rate,
+                                     scratch=self._sgd_scratch if self._sgd_scratch.numel() else None,
+                                     placeholder=self._placeholder)
+        if concat:
+            return out
+        outs = torch.split(out, self.layout.dim, dim=1)
+        if keyed:
+            return {s.name: o for s, o in zip(self.specs, outs)}
+        return list(outs)
+
     def extra_repr(self) -> str:
         feats = ", ".join(f"{s.name}:{s.num_embeddings}x{s.embedding_dim}/{s.operation}/k={s.k}" for s in self.specs)
         opt = f", optimizer={self.optimizer!r}, learning_rate={self.learning_rate}" if self.optimizer else ""
+        if self.backend == "triton":
+            opt += f", validate={self.validate}"
         return f"backend={self.backend!r}{opt}, features=[{feats}]"

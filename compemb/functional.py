@@ -395,7 +395,9 @@ def _gather(codes_i: torch.Tensor, weight: torch.Tensor, emb_kwargs: dict) -> to
     40k rows of width 16).
     """
     n = codes_i.shape[0]
-    if n == 0:
+    if n == 0 or emb_kwargs.get("scale_grad_by_freq"):
+        # (F.embedding_bag's scale_grad_by_freq divides by wrong counts on CPU in torch 2.13:
+        # indices [0, 0, 1, 2, 0, 3] in one-index bags give rows 1 and 2 a third of their gradient)
         return F.embedding(codes_i, weight, **emb_kwargs)
     return _embedding_bag(codes_i, weight, _standard_offsets(n, 1, codes_i.device)[0], "sum", **emb_kwargs)
 
@@ -543,6 +545,61 @@ class _MultPool(torch.autograd.Function):
         return (None, grad_psw, None, None, None, *([None] * k), *grads)
 
 
+class _MultRows(torch.autograd.Function):
+    """``mult`` for bags of exactly one index (one-hot features): the product of the k rows of
+    each index, which every mode and both composes pool to itself.
+
+    Autograd through k ``embedding_bag`` calls and a product would, in the backward, copy each
+    bag gradient once per table (``embedding_bag``'s backward gathers it by bag) and run k + 1
+    graph nodes; here the rows saved from the forward (what ``MulBackward`` would save anyway)
+    give each table's gradient with one multiply, as a sparse tensor when asked. This is what
+    makes one-hot QR lookups as fast as two bare ``F.embedding_bag`` calls despite validation.
+
+    Inputs after the two options: ``k`` code tensors ``(N,)``, then the ``k`` tables. A
+    per-sample weight scales the composed vector once (``before_pool`` semantics).
+    """
+
+    @staticmethod
+    def forward(ctx, per_sample_weights, sparse, *tensors):
+        k = len(tensors) // 2
+        codes, weights = tensors[:k], tensors[k:]
+        rows = [_gather(codes[i], weights[i].detach(), {}) for i in range(k)]
+        prod = rows[0] * rows[1]
+        for r in rows[2:]:
+            prod.mul_(r)
+        keep_prod = per_sample_weights is not None and ctx.needs_input_grad[0]
+        out = prod if per_sample_weights is None else prod * per_sample_weights.to(prod.dtype).unsqueeze(1)
+        ctx.save_for_backward(per_sample_weights, prod if keep_prod else None, *codes, *rows)
+        ctx.sparse, ctx.k, ctx.shapes = sparse, k, [w.shape for w in weights]
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        psw, prod, *rest = ctx.saved_tensors
+        k = ctx.k
+        codes, rows = rest[:k], rest[k:]
+        grad_psw = None
+        if prod is not None:
+            grad_psw = (grad_out * prod).sum(1).to(psw.dtype)
+        g = grad_out if psw is None else grad_out * psw.to(grad_out.dtype).unsqueeze(1)
+        grads = []
+        for i in range(k):
+            if not ctx.needs_input_grad[2 + k + i]:
+                grads.append(None)
+                continue
+            others = [rows[j] for j in range(k) if j != i]
+            gi = g * others[0]
+            for o in others[1:]:
+                gi.mul_(o)
+            if ctx.sparse:
+                grads.append(torch.sparse_coo_tensor(
+                    codes[i].unsqueeze(0), gi, ctx.shapes[i], check_invariants=False))
+            else:
+                grads.append(gi.new_zeros(ctx.shapes[i]).index_add_(0, codes[i], gi))
+        return (grad_psw, None, *([None] * k), *grads)
+
+
 def _pool_rows_no_grad(rows, offsets, mode, per_sample_weights, bag_len):
     """Forward-only pooling for sum/mean (the custom backward above handles gradients)."""
     num_bags = offsets.shape[0] - 1
@@ -672,10 +729,16 @@ def _embedding_bag_codes_unchecked(
     elif compose == "before_pool" and operation != "mult" and mode != "max":
         compose = "after_pool"  # pooling is linear and coordinate-wise: add/concat commute with it
     # F.embedding_bag pools exactly (max: the gradient to the first maximum) except that its max
-    # mode refuses sparse gradients and scale_grad_by_freq
-    fused = not low_precision and not (mode == "max" and (sparse or scale_grad_by_freq))
+    # mode refuses sparse gradients, and its scale_grad_by_freq miscounts (see _gather)
+    fused = not low_precision and not scale_grad_by_freq and not (mode == "max" and sparse)
     if bag_len == _UNKNOWN and (compose == "before_pool" or not fused):
         bag_len = _fixed_bag_length(offsets, n_idx)  # every bag bag_len >= 1 long: pool by a reshape
+    if (
+        bag_len == 1 and operation == "mult" and k > 1 and max_norm is None and not scale_grad_by_freq
+        and not low_precision and (compose == "before_pool" or per_sample_weights is None)
+    ):
+        # one index per bag (one-hot features): pooling is the identity, any mode, any compose
+        return _MultRows.apply(per_sample_weights, sparse, *codes, *weights)
     if compose == "before_pool" and bag_len == 1:
         # One index per bag: combining then pooling is pooling then combining; the per-sample
         # weight must scale the composed vector once, not every table.
@@ -719,6 +782,7 @@ def _embedding_bag_codes_unchecked(
     return out.to(out_dtype) if out.dtype != out_dtype else out
 
 
+# ----------------------------------------------------------------------------------------------
 # the whole pipeline
 
 

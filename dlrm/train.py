@@ -47,6 +47,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -55,6 +56,10 @@ import torch
 
 from dlrm.metrics import JsonLinesWriter, binary_metrics
 from dlrm.model import DLRM, DLRMConfig, METHODS, table_specs
+
+# torch's sparse Adagrad builds its update with invariant checks off and says so on every run;
+# the tensors it builds are its own, so the notice is noise to a user of `compemb train`.
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 __all__ = [
     "TrainConfig",

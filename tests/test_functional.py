@@ -8,6 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import torch.nn.functional as F
+
 from compemb import functional as CF
 from compemb.kernels import get_backend, resolve_backend
 
@@ -376,3 +378,254 @@ def test_compositional_embedding_bag_pipeline():
         CF.compositional_embedding_bag(torch.tensor([[30]]), None, weights, family)
     with pytest.raises(ValueError, match="k=2"):
         CF.compositional_embedding_bag(x, None, weights[:1], family)
+
+
+# ----------------------------------------------------------------------------------------------
+# gradients against a differentiable per-index loop; max ties; no indices at all
+
+
+def naive_bag_autograd(codes, offsets, weights, operation, mode, compose, psw=None):
+    """:func:`naive_bag` with autograd: the weights (and ``psw``) are used as they are. ``max``
+    pools with ``torch.stack(...).max(0)``, whose gradient goes to the first maximum in bag order
+    (the ``F.embedding_bag`` rule)."""
+    k = len(weights)
+    width = sum(w.shape[1] for w in weights) if operation == "concat" else weights[0].shape[1]
+    zero = sum(w.sum() for w in weights) * 0  # keeps every table in the graph
+
+    def combine(vectors):
+        if operation == "concat":
+            return torch.cat(vectors)
+        acc = vectors[0]
+        for v in vectors[1:]:
+            acc = acc * v if operation == "mult" else acc + v
+        return acc
+
+    def pool(vectors):
+        stacked = torch.stack(vectors)
+        if mode == "max":
+            return stacked.max(0).values
+        return stacked.mean(0) if mode == "mean" else stacked.sum(0)
+
+    out = []
+    for b in range(len(offsets) - 1):
+        lo, hi = int(offsets[b]), int(offsets[b + 1])
+        if lo == hi:
+            out.append(torch.zeros(width, dtype=weights[0].dtype) + zero)
+            continue
+        scale = [1.0 if psw is None else psw[j] for j in range(lo, hi)]
+        if compose == "before_pool":
+            out.append(pool([combine([weights[i][int(codes[i, j])] for i in range(k)]) * scale[j - lo]
+                             for j in range(lo, hi)]))
+        else:
+            out.append(combine([pool([weights[i][int(codes[i, j])] * scale[j - lo] for j in range(lo, hi)])
+                                for i in range(k)]))
+    if not out:
+        return torch.zeros(0, width, dtype=weights[0].dtype) + zero
+    return torch.stack(out)
+
+
+def _grads(out, inputs, g):
+    got = torch.autograd.grad(out, inputs, g, allow_unused=True)
+    return [torch.zeros_like(x) if d is None else (d.to_dense() if d.is_sparse else d) for x, d in zip(inputs, got)]
+
+
+@st.composite
+def tie_problems(draw, fixed_length=None):
+    """bag_problems with small integer-valued tables (so maxima tie, also between distinct rows)
+    and repeated indices."""
+    codes, offsets, weights, operation, mode, compose, psw = draw(bag_problems(fixed_length))
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    weights = [torch.randint(-2, 3, w.shape, generator=gen).double() for w in weights]
+    if codes.shape[1] >= 2:  # a repeated index
+        codes[:, 1] = codes[:, 0]
+    return codes, offsets, weights, operation, mode, compose, psw
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.one_of(tie_problems(), tie_problems("any"), tie_problems(1)), st.booleans())
+def test_gradients_equal_differentiable_loop(problem, sparse):
+    # every path (fused, _MultPool, _MultRows, reshape, segmented max) against plain autograd on a
+    # per-index loop, with ties: max back-propagates to the first maximum only
+    codes, offsets, weights, operation, mode, compose, psw = problem
+    ws = [w.clone().requires_grad_() for w in weights]
+    p = None if psw is None else psw.clone().requires_grad_()
+    inputs = ws + ([p] if p is not None else [])
+    want = naive_bag_autograd(codes, offsets, ws, operation, mode, compose, p)
+    g = torch.randn(want.shape, dtype=torch.float64)
+    want_grads = _grads(want, inputs, g)
+    for bag_len in ("computed", "given"):
+        if bag_len == "computed":
+            got = CF.embedding_bag_codes(codes, offsets, ws, operation, mode, compose, p, sparse=sparse)
+        else:  # what the modules pass: the bag length learnt from their validation
+            known = CF._fixed_bag_length(offsets, codes.shape[1])
+            got = CF._embedding_bag_codes_unchecked(
+                list(codes), offsets, ws, operation, mode, compose, p, sparse, bag_len=known)
+        torch.testing.assert_close(got, want.detach())
+        for a, b in zip(_grads(got, inputs, g), want_grads):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("lengths", [[3, 3, 3, 3], [2, 0, 4, 1, 3]], ids=["equal", "unequal"])
+@pytest.mark.parametrize("path", ["dense", "sparse", "bfloat16", "scale_grad_by_freq"])
+def test_max_identity_family_matches_torch_embedding_bag_with_ties(lengths, path):
+    # repeated indices and equal rows: F.embedding_bag gives each output coordinate's gradient to
+    # the first maximum of the bag; so must every one of our max paths
+    gen = torch.Generator().manual_seed(sum(lengths) + len(path))
+    table = torch.randint(-2, 3, (6, 4), generator=gen).float()
+    table[5] = table[1]  # two distinct rows, equal
+    offsets = torch.tensor([0] + lengths).cumsum(0)
+    idx = torch.randint(0, 6, (int(offsets[-1]),), generator=gen)
+    idx[1] = idx[0]
+    idx[2] = 5
+    idx[3] = 1
+    g = torch.randn(len(lengths), 4, generator=gen)
+    ref_w = table.clone().requires_grad_()
+    ref = F.embedding_bag(idx, ref_w, offsets, mode="max", include_last_offset=True)
+    ref.backward(g)
+    dtype = torch.bfloat16 if path == "bfloat16" else torch.float32
+    w = table.to(dtype).requires_grad_()
+    extra = {"sparse": path == "sparse", "scale_grad_by_freq": path == "scale_grad_by_freq"}
+    for compose in COMPOSES:
+        w.grad = None
+        out = CF.embedding_bag_codes(idx.unsqueeze(0), offsets, [w], "mult", "max", compose, **extra)
+        assert torch.equal(out.float(), ref.detach())
+        out.backward(g.to(dtype))
+        grad = w.grad.to_dense().float()
+        if path == "scale_grad_by_freq":  # the same rows, each scaled by 1 / its count in the batch
+            counts = torch.bincount(idx, minlength=6).clamp(min=1).float().unsqueeze(1)
+            torch.testing.assert_close(grad, ref_w.grad / counts)
+        else:
+            torch.testing.assert_close(grad, ref_w.grad, rtol=0, atol=1e-2 if dtype == torch.bfloat16 else 0)
+
+
+@pytest.mark.parametrize("lengths", [[3, 3, 3], [2, 0, 4, 1]], ids=["equal", "unequal"])
+@pytest.mark.parametrize("operation", OPS)
+@pytest.mark.parametrize("sparse", [False, True])
+def test_max_composed_matches_torch_embedding_bag_with_ties(lengths, operation, sparse):
+    # k = 2: before_pool is F.embedding_bag over the composed table (built with autograd from the
+    # components); after_pool is F.embedding_bag per table, then combined
+    gen = torch.Generator().manual_seed(len(lengths))
+    dims = (2, 3) if operation == "concat" else (3, 3)
+    base = [torch.randint(-1, 2, (s, d), generator=gen).double() for s, d in zip((3, 4), dims)]
+    offsets = torch.tensor([0] + lengths).cumsum(0)
+    x = torch.randint(0, 12, (int(offsets[-1]),), generator=gen)
+    x[1] = x[0]
+    codes = torch.stack([x % 3, x // 3])
+    for compose in COMPOSES:
+        ref_w = [w.clone().requires_grad_() for w in base]
+        if compose == "before_pool":
+            all_codes = torch.stack([torch.arange(12) % 3, torch.arange(12) // 3])
+            composed = CF._combine([ref_w[i][all_codes[i]] for i in range(2)], operation)
+            ref = F.embedding_bag(x, composed, offsets, mode="max", include_last_offset=True)
+        else:
+            ref = CF._combine([F.embedding_bag(codes[i], ref_w[i], offsets, mode="max", include_last_offset=True)
+                               for i in range(2)], operation)
+        ws = [w.clone().requires_grad_() for w in base]
+        out = CF.embedding_bag_codes(codes, offsets, ws, operation, "max", compose, sparse=sparse)
+        torch.testing.assert_close(out, ref)
+        g = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+        for a, b in zip(_grads(out, ws, g), _grads(ref, ref_w, g)):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("operation", OPS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("compose", COMPOSES)
+def test_no_indices_at_all_stays_in_the_graph(operation, mode, compose):
+    # N = 0 (all bags empty, or no bags): the output requires grad like the tables, and backward
+    # gives zero gradients (dense or sparse, any dtype, with or without per-sample weights)
+    width = 4 if operation == "concat" else 2
+    for num_bags, sparse, dtype, k in itertools.product((0, 3), (False, True), (torch.float32, torch.bfloat16), (1, 2)):
+        ws = [torch.randn(3 + i, 2, dtype=dtype, requires_grad=True) for i in range(k)]
+        psw = torch.zeros(0, dtype=dtype, requires_grad=True) if mode == "sum" else None
+        codes = torch.zeros(k, 0, dtype=torch.long)
+        for bag_len in ("computed", None):
+            if bag_len == "computed":
+                out = CF.embedding_bag_codes(codes, torch.zeros(num_bags + 1, dtype=torch.long), ws, operation,
+                                             mode, compose, psw, sparse=sparse)
+            else:
+                out = CF._embedding_bag_codes_unchecked(list(codes), torch.zeros(num_bags + 1, dtype=torch.long),
+                                                        ws, operation, mode, compose, psw, sparse, bag_len=None)
+            assert out.shape == (num_bags, width if k == 2 else 2) and out.dtype == dtype
+            assert out.requires_grad, (num_bags, sparse, dtype, k)
+            grads = torch.autograd.grad(out.sum(), ws, allow_unused=True)
+            for w, grad in zip(ws, grads):
+                assert grad is not None and grad.shape == w.shape and not grad.to_dense().any()
+        with torch.no_grad():
+            assert not CF.embedding_bag_codes(codes, torch.zeros(num_bags + 1, dtype=torch.long), ws, operation,
+                                              mode, compose).requires_grad
+
+
+# ----------------------------------------------------------------------------------------------
+# the one-fetch validation and the bag length it reports
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.integers(0, 4), min_size=0, max_size=6),
+    st.sampled_from(["offsets", "last_offset", "last_offset_tail", "2d"]),
+)
+def test_normalize_reports_the_bag_length(lengths, form):
+    if form == "2d":
+        lengths = [lengths[0]] * len(lengths) if lengths else []
+    n_idx = sum(lengths)
+    x = torch.arange(n_idx) % 5
+    starts = torch.tensor([0] + lengths, dtype=torch.long).cumsum(0)
+    if form == "2d":
+        args = (x.view(len(lengths), lengths[0] if lengths else 0), None, None, False)
+    elif form == "offsets":
+        args = (x, starts[:-1], None, False)
+    elif form == "last_offset":
+        args = (x, starts, None, True)
+    else:  # indices after the last offset are dropped
+        args = (torch.cat([x, torch.tensor([1, 2])]), starts, None, True)
+    flat, offs, _, bag_len = CF._normalize(*args, "sum", 5, "t")
+    assert torch.equal(offs, starts) and torch.equal(flat, x)
+    want = lengths[0] if lengths and lengths[0] > 0 and len(set(lengths)) == 1 else None
+    assert bag_len == want == CF._fixed_bag_length(offs, flat.shape[0])
+
+
+def test_validation_is_one_fetch_and_keeps_every_check(monkeypatch):
+    calls = []
+    real = CF._fetch
+    monkeypatch.setattr(CF, "_fetch", lambda stats: calls.append(len(stats)) or real(stats))
+    one_hot = torch.arange(6)
+    for args in [(torch.tensor([1, 2, 3, 4, 5, 6]), one_hot), (torch.tensor([1, 2, 3]), torch.tensor([0, 1, 1])),
+                 (torch.tensor([[1, 2], [3, 4]]), None)]:
+        calls.clear()
+        CF.normalize_bag_input(*args, num_embeddings=9)
+        assert len(calls) == 1
+    # the one-hot shortcut (offsets == arange) still checks the index range
+    for bad, words in [(torch.tensor([1, 2, 3, 4, 5, 9]), ["9", "num_embeddings=9"]),
+                       (torch.tensor([1, -2, 3, 4, 5, 6]), ["-2", "9"])]:
+        with pytest.raises(IndexError) as info:
+            CF.normalize_bag_input(bad, one_hot, num_embeddings=9, name="mybag")
+        assert all(w in str(info.value) for w in words + ["mybag"])
+    # B == N but not arange: the shortcut fails over to the full offsets checks
+    with pytest.raises(ValueError, match="non-decreasing"):
+        CF.normalize_bag_input(torch.tensor([1, 2, 3]), torch.tensor([0, 2, 1]))
+    with pytest.raises(ValueError, match=r"offsets\[0\] must be 0"):
+        CF.normalize_bag_input(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 3]))
+
+
+@pytest.mark.parametrize("operation", OPS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("compose", COMPOSES)
+def test_scale_grad_by_freq_divides_by_the_code_count(operation, mode, compose):
+    # each table's gradient row r is divided by how often code r occurs in the batch (as
+    # F.embedding does), on every path
+    gen = torch.Generator().manual_seed(8)
+    dims = (2, 3) if operation == "concat" else (3, 3)
+    base = [torch.randn(s, d, generator=gen, dtype=torch.float64) for s, d in zip((3, 4), dims)]
+    codes = torch.stack([torch.tensor([0, 0, 1, 2, 0, 2, 1]), torch.tensor([3, 1, 1, 0, 2, 2, 3])])
+    for offsets in (torch.tensor([0, 3, 3, 7]), torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])):
+        plain = [w.clone().requires_grad_() for w in base]
+        scaled = [w.clone().requires_grad_() for w in base]
+        out = CF.embedding_bag_codes(codes, offsets, plain, operation, mode, compose)
+        g = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+        out.backward(g)
+        CF.embedding_bag_codes(codes, offsets, scaled, operation, mode, compose, scale_grad_by_freq=True).backward(g)
+        for i in range(2):
+            counts = torch.bincount(codes[i], minlength=base[i].shape[0]).clamp(min=1).double().unsqueeze(1)
+            torch.testing.assert_close(scaled[i].grad, plain[i].grad / counts)

@@ -454,3 +454,137 @@ def test_max_norm_renormalises_rows():
     norms = bag.weight_q.norm(dim=1)
     assert torch.allclose(norms[[0, 2]], torch.full((2,), 0.5))
     assert torch.allclose(norms[1], torch.tensor(3.0) ** 0.5)  # row 1 was not looked up
+
+
+# ----------------------------------------------------------------------------------------------
+# no indices at all; max ties; the one-hot fast path; one validation fetch per forward
+
+
+def _build(kind, mode, compose, sparse=False, dtype=None):
+    if kind == "qr":
+        return QREmbeddingBag(30, 4, 4, mode=mode, compose=compose, sparse=sparse, dtype=dtype)
+    return CompositionalEmbeddingBag(30, 4, family=generalized_qr(30, k=3), mode=mode, compose=compose,
+                                     sparse=sparse, dtype=dtype)
+
+
+@pytest.mark.parametrize("kind", ["qr", "compositional"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("compose", COMPOSES)
+def test_no_indices_gives_zero_gradients(kind, mode, compose):
+    inputs = [
+        (torch.zeros(3, 0, dtype=torch.long), None),  # 2-D, bags of length 0
+        (torch.zeros(0, dtype=torch.long), torch.zeros(3, dtype=torch.long)),  # all bags empty
+        (torch.tensor([5, 7]), torch.tensor([0, 0, 0])),  # include_last_offset: all dropped
+    ]
+    for sparse, dtype in [(False, None), (True, None), (False, torch.bfloat16)]:
+        bag = _build(kind, mode, compose, sparse, dtype)
+        for i, (x, offsets) in enumerate(inputs):
+            bag.include_last_offset = i == 2
+            out = bag(x) if offsets is None else bag(x, offsets)
+            assert out.shape[0] == (2 if i == 2 else 3) and not out.any()
+            assert out.requires_grad
+            out.sum().backward()
+            for p in bag.parameters():
+                assert p.grad is not None and not p.grad.to_dense().any()
+                p.grad = None
+
+
+@pytest.mark.parametrize("lengths, form", [
+    ([3, 3, 3, 3], "offsets"), ([3, 3, 3, 3], "last_offset"), ([3, 3, 3, 3], "2d"),
+    ([2, 0, 4, 1, 3], "offsets"), ([2, 0, 4, 1, 3], "last_offset"),  # (2-D input: one length)
+])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_identity_family_max_with_ties_reproduces_nn_embedding_bag(lengths, form, sparse):
+    gen = torch.Generator().manual_seed(len(lengths))
+    n = 8
+    ref = nn.EmbeddingBag(n, 4, mode="max", include_last_offset=(form == "last_offset"))
+    with torch.no_grad():  # small integers: many equal values, and two equal rows
+        ref.weight.copy_(torch.randint(-2, 3, (n, 4), generator=gen).float())
+        ref.weight[7] = ref.weight[2]
+    ours = CompositionalEmbeddingBag.from_pretrained(
+        [ref.weight.detach().clone()], family=naive(n), freeze=False, mode="max", sparse=sparse,
+        include_last_offset=(form == "last_offset"),
+    )
+    starts = torch.tensor([0] + lengths).cumsum(0)
+    x = torch.randint(0, n, (int(starts[-1]),), generator=gen)
+    x[1], x[2], x[3] = x[0], 7, 2  # a repeated index and two equal rows
+    if form == "2d":
+        args = (x.view(len(lengths), lengths[0]),)
+    elif form == "last_offset":
+        args = (x, starts)
+    else:
+        args = (x, starts[:-1])
+    out_ref, out = ref(*args), ours(*args)
+    assert torch.equal(out, out_ref)
+    g = torch.randn(out.shape, generator=gen)
+    out_ref.backward(g)
+    out.backward(g)
+    grad = ours.weights[0].grad
+    assert grad.is_sparse == sparse
+    torch.testing.assert_close(grad.to_dense(), ref.weight.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("operation", OPS)
+@pytest.mark.parametrize("compose", COMPOSES)
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("psw", [False, True])
+def test_qr_one_hot_bags_forward_and_gradients(operation, compose, sparse, psw):
+    # one index per bag (offsets == arange, or 2-D (B, 1)): the fast path, against DLRM's two
+    # pooled lookups computed with plain autograd
+    gen = torch.Generator().manual_seed(6)
+    dims = [4, 3] if operation == "concat" else 4
+    bag = QREmbeddingBag(1000, dims, 7, operation=operation, mode="sum", compose=compose, sparse=sparse,
+                         dtype=torch.float64)
+    twin = QREmbeddingBag(1000, dims, 7, operation=operation, mode="sum", compose="after_pool", dtype=torch.float64,
+                          _weight=(bag.weight_q.detach().clone(), bag.weight_r.detach().clone()))
+    x = torch.randint(0, 1000, (64,), generator=gen)
+    x[1] = x[0]
+    w = torch.rand(64, generator=gen, dtype=torch.float64).requires_grad_() if psw else None
+    for args in [(x, torch.arange(64)), (x.view(64, 1),)]:
+        ww = None if w is None else (w if len(args) == 2 else w.view(64, 1))
+        out = bag(*args, per_sample_weights=ww)
+        want = dlrm_style_forward(twin, x, torch.arange(64), None)
+        if psw:  # before_pool scales the composed vector once; after_pool scales every table
+            factor = w if compose == "before_pool" or operation != "mult" else w * w
+            want = want * factor.unsqueeze(1) if operation != "concat" else want * w.unsqueeze(1)
+        torch.testing.assert_close(out, want)
+        g = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+        inputs = [bag.weight_q, bag.weight_r] + ([w] if psw else [])
+        twin_inputs = [twin.weight_q, twin.weight_r] + ([w] if psw else [])
+        got = torch.autograd.grad(out, inputs, g)
+        exp = torch.autograd.grad(want, twin_inputs, g)
+        assert all(a.is_sparse == sparse for a in got[:2])
+        for a, b in zip(got, exp):
+            torch.testing.assert_close(a.to_dense(), b)
+
+
+def test_qr_encode_is_integer_exact():
+    bag = QREmbeddingBag(2**40, 2, 2**20 + 7)
+    x = torch.tensor([0, 1, 2**20 + 6, 2**20 + 7, 2**39 + 12345, 2**40 - 1])
+    codes = bag.encode(x)
+    assert codes.tolist() == [[v // (2**20 + 7) for v in x.tolist()], [v % (2**20 + 7) for v in x.tolist()]]
+
+
+@pytest.mark.parametrize("kind", ["qr", "compositional"])
+def test_forward_validates_once_and_needs_no_other_sync(kind, monkeypatch):
+    # One fetch of the validation stats per forward (on CUDA: the forward's single device-to-host
+    # sync); the bag length comes from it, so the kernels never call _fixed_bag_length (a sync)
+    # and the family's own range check (another sync) is skipped.
+    fetches = []
+    real = CF._fetch
+    monkeypatch.setattr(CF, "_fetch", lambda stats: fetches.append(len(stats)) or real(stats))
+
+    def no_sync(*args, **kwargs):
+        raise AssertionError("a second device sync")
+
+    monkeypatch.setattr(CF, "_fixed_bag_length", no_sync)
+    monkeypatch.setattr(PartitionFamily, "encode", no_sync)
+    x = torch.randint(0, 30, (12,))
+    for mode, compose in itertools.product(MODES, COMPOSES):
+        bag = _build(kind, mode, compose)
+        for args in [(x, torch.arange(12)), (x, torch.tensor([0, 2, 2, 7])), (x.view(4, 3),), (x, torch.arange(0, 12, 3))]:
+            fetches.clear()
+            bag(*args).sum().backward()
+            assert len(fetches) == 1, (mode, compose, args)
+    with pytest.raises(IndexError, match=r"index 30 .*num_embeddings=30"):
+        bag(torch.tensor([1, 30]), torch.arange(2))  # the one-hot shortcut still checks the range

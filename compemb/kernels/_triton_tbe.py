@@ -13,7 +13,8 @@ indices and compute the k codes in registers; no ``(k, N)`` codes are materialis
 Grid: one program per (block of ``BLOCK_B`` bags, feature). A program walks its bags in lock step,
 one index of every bag per iteration (the trip count is the longest bag of the block, read from the
 offsets on the device: no host sync), and gathers a ``(k, BLOCK_B, BLOCK_D)`` tile of rows per
-iteration, so ``k * BLOCK_B`` rows are in flight per program. One operation (``mult`` / ``add`` /
+iteration, so ``k * BLOCK_B`` rows are in flight per program (and the next index of every bag is
+already loading, see ``PREFETCH_INDICES``). One operation (``mult`` / ``add`` /
 ``concat``) and one ``compose`` serve the whole launch; ``mode`` (``sum`` / ``mean``) is per feature.
 
 Backward: the gradient of every component row is scattered with atomics into a flat fp32 gradient
@@ -28,7 +29,6 @@ On CPU the kernels run only under ``TRITON_INTERPRET=1`` (set before triton is i
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
@@ -45,6 +45,8 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 OPTIMIZERS = (None, "exact_sgd")
 MAX_K = 4
 _INT32_MAX = 2**31 - 1
+#: Load the next index of every bag while the current rows are in flight (a knob for benchmarks).
+PREFETCH_INDICES = True
 
 
 @triton.jit
@@ -53,8 +55,9 @@ def _mul(a, b):
 
 
 @triton.jit
-def _prologue(off_ptr, place_ptr, mod_ptr, base_ptr, width_ptr, col_ptr, kf_ptr, mean_ptr, B,
-              K: tl.constexpr, IDX32: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+def _prologue(off_ptr, place_ptr, mod_ptr, base_ptr, width_ptr, col_ptr, kf_ptr, mean_ptr, B, D,
+              K: tl.constexpr, IDX32: tl.constexpr, UNIFORM: tl.constexpr, EVEN_D: tl.constexpr,
+              BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
     f = tl.program_id(1)
     bags = pid * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -75,31 +78,49 @@ def _prologue(off_ptr, place_ptr, mod_ptr, base_ptr, width_ptr, col_ptr, kf_ptr,
     width = tl.load(width_ptr + f * K + ts, mask=tmask, other=0)
     col = tl.load(col_ptr + f * K + ts, mask=tmask, other=0)
     cols = tl.arange(0, BLOCK_D)
-    rel = cols[None, :] - col[:, None]  # [K, BLOCK_D]: column inside table t
-    cmask = (rel >= 0) & (rel < width[:, None]) & tmask[:, None]
+    if UNIFORM:
+        # every table is (rows, D) and base counts rows: plain (row * D + col) addresses that the
+        # compiler can vectorise (D is specialised on divisibility by 16)
+        rel = tl.zeros([K, BLOCK_D], tl.int32) + cols[None, :]
+        if EVEN_D:
+            cmask = tmask[:, None] & (rel >= 0)
+        else:
+            cmask = tmask[:, None] & (rel < D)
+    else:
+        rel = cols[None, :] - col[:, None]  # [K, BLOCK_D]: column inside table t
+        cmask = (rel >= 0) & (rel < width[:, None]) & tmask[:, None]
     is_mean = tl.load(mean_ptr + f)
     scale = tl.where(is_mean != 0, 1.0 / tl.maximum(length, 1).to(tl.float32), 1.0)
     return f, bags, bmask, start, length, place, modulus, base, width, rel, cmask, scale, ts, tmask
 
 
 @triton.jit
-def _row_ptrs(x, place, modulus, base, width, rel, IDX32: tl.constexpr):
+def _row_ptrs(x, place, modulus, base, width, rel, D, IDX32: tl.constexpr, UNIFORM: tl.constexpr):
     if IDX32:
         x = x.to(tl.int32)
     code = ((x[None, :] // place[:, None]) % modulus[:, None]).to(tl.int64)  # [K, BLOCK_B]
+    if UNIFORM:
+        return (base[:, None, None] + code[:, :, None]) * D + rel[:, None, :]
     return base[:, None, None] + code[:, :, None] * width[:, None, None] + rel[:, None, :]
 
 
 @triton.jit
-def _pooled(idx_ptr, w_ptr, start, length, place, modulus, base, width, rel, cmask, scale, tmask,
-            K: tl.constexpr, IDX32: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+def _pooled(idx_ptr, w_ptr, start, length, place, modulus, base, width, rel, cmask, scale, tmask, D,
+            K: tl.constexpr, IDX32: tl.constexpr, UNIFORM: tl.constexpr, PREFETCH: tl.constexpr,
+            BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
     """Per-table pooled vectors ``(K, BLOCK_B, BLOCK_D)`` (scaled for mean; 1 for absent tables)."""
     acc = tl.zeros([K, BLOCK_B, BLOCK_D], tl.float32)
     maxlen = tl.max(length, axis=0)
+    if PREFETCH:  # the next index loads while this one's rows are in flight
+        x_next = tl.load(idx_ptr + start, mask=length > 0, other=0)
     for i in range(0, maxlen):
         valid = i < length
-        x = tl.load(idx_ptr + start + i, mask=valid, other=0)
-        ptrs = _row_ptrs(x, place, modulus, base, width, rel, IDX32)
+        if PREFETCH:
+            x = x_next
+            x_next = tl.load(idx_ptr + start + i + 1, mask=i + 1 < length, other=0)
+        else:
+            x = tl.load(idx_ptr + start + i, mask=valid, other=0)
+        ptrs = _row_ptrs(x, place, modulus, base, width, rel, D, IDX32, UNIFORM)
         m3 = valid[None, :, None] & cmask[:, None, :]
         acc += tl.load(w_ptr + ptrs, mask=m3, other=0.0).to(tl.float32)
     acc = acc * scale[None, :, None]
@@ -112,23 +133,30 @@ def _tbe_fwd_kernel(
     place_ptr, mod_ptr, base_ptr, width_ptr, col_ptr, kf_ptr, mean_ptr,
     B, D, OUT_STRIDE,
     K: tl.constexpr, OP: tl.constexpr, AFTER_POOL: tl.constexpr, IDX32: tl.constexpr,
+    UNIFORM: tl.constexpr, EVEN_D: tl.constexpr, PREFETCH: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     f, bags, bmask, start, length, place, modulus, base, width, rel, cmask, scale, ts, tmask = _prologue(
-        off_ptr, place_ptr, mod_ptr, base_ptr, width_ptr, col_ptr, kf_ptr, mean_ptr, B,
-        K, IDX32, BLOCK_B, BLOCK_D)
+        off_ptr, place_ptr, mod_ptr, base_ptr, width_ptr, col_ptr, kf_ptr, mean_ptr, B, D,
+        K, IDX32, UNIFORM, EVEN_D, BLOCK_B, BLOCK_D)
     cols = tl.arange(0, BLOCK_D)
     if OP == 1 and AFTER_POOL:
         pooled = _pooled(idx_ptr, w_ptr, start, length, place, modulus, base, width, rel, cmask, scale,
-                         tmask, K, IDX32, BLOCK_B, BLOCK_D)
+                         tmask, D, K, IDX32, UNIFORM, PREFETCH, BLOCK_B, BLOCK_D)
         res = tl.reduce(pooled, 0, _mul)
     else:
         acc = tl.zeros([BLOCK_B, BLOCK_D], tl.float32)
         maxlen = tl.max(length, axis=0)
+        if PREFETCH:  # the next index loads while this one's rows are in flight
+            x_next = tl.load(idx_ptr + start, mask=length > 0, other=0)
         for i in range(0, maxlen):
             valid = i < length
-            x = tl.load(idx_ptr + start + i, mask=valid, other=0)
-            ptrs = _row_ptrs(x, place, modulus, base, width, rel, IDX32)
+            if PREFETCH:
+                x = x_next
+                x_next = tl.load(idx_ptr + start + i + 1, mask=i + 1 < length, other=0)
+            else:
+                x = tl.load(idx_ptr + start + i, mask=valid, other=0)
+            ptrs = _row_ptrs(x, place, modulus, base, width, rel, D, IDX32, UNIFORM)
             m3 = valid[None, :, None] & cmask[:, None, :]
             if OP == 1:
                 rows = tl.load(w_ptr + ptrs, mask=m3, other=1.0).to(tl.float32)
@@ -148,12 +176,13 @@ def _tbe_bwd_kernel(
     place_ptr, mod_ptr, base_ptr, width_ptr, col_ptr, kf_ptr, mean_ptr,
     B, D, OUT_STRIDE, alpha,
     K: tl.constexpr, OP: tl.constexpr, AFTER_POOL: tl.constexpr, IDX32: tl.constexpr,
+    UNIFORM: tl.constexpr, EVEN_D: tl.constexpr, PREFETCH: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # dst: the fp32 gradient buffer (alpha = 1) or the weights themselves (alpha = -lr, add/concat)
     f, bags, bmask, start, length, place, modulus, base, width, rel, cmask, scale, ts, tmask = _prologue(
-        off_ptr, place_ptr, mod_ptr, base_ptr, width_ptr, col_ptr, kf_ptr, mean_ptr, B,
-        K, IDX32, BLOCK_B, BLOCK_D)
+        off_ptr, place_ptr, mod_ptr, base_ptr, width_ptr, col_ptr, kf_ptr, mean_ptr, B, D,
+        K, IDX32, UNIFORM, EVEN_D, BLOCK_B, BLOCK_D)
     cols = tl.arange(0, BLOCK_D)
     gptrs = gout_ptr + bags[:, None].to(tl.int64) * OUT_STRIDE + f * D + cols[None, :]
     g = tl.load(gptrs, mask=bmask[:, None] & (cols[None, :] < D), other=0.0).to(tl.float32)
@@ -161,7 +190,7 @@ def _tbe_bwd_kernel(
     ts3 = ts[:, None, None]
     if OP == 1 and AFTER_POOL:
         pooled = _pooled(idx_ptr, w_ptr, start, length, place, modulus, base, width, rel, cmask, scale,
-                         tmask, K, IDX32, BLOCK_B, BLOCK_D)
+                         tmask, D, K, IDX32, UNIFORM, PREFETCH, BLOCK_B, BLOCK_D)
         others = tl.full([K, BLOCK_B, BLOCK_D], 1.0, tl.float32)
         for s in tl.static_range(K):
             p_s = tl.sum(tl.where(ts3 == s, pooled, 0.0), axis=0)
@@ -170,10 +199,16 @@ def _tbe_bwd_kernel(
     else:
         gt = tl.zeros([K, BLOCK_B, BLOCK_D], tl.float32) + g[None, :, :]
     maxlen = tl.max(length, axis=0)
+    if PREFETCH:  # the next index loads while this one's rows are in flight
+        x_next = tl.load(idx_ptr + start, mask=length > 0, other=0)
     for i in range(0, maxlen):
         valid = i < length
-        x = tl.load(idx_ptr + start + i, mask=valid, other=0)
-        ptrs = _row_ptrs(x, place, modulus, base, width, rel, IDX32)
+        if PREFETCH:
+            x = x_next
+            x_next = tl.load(idx_ptr + start + i + 1, mask=i + 1 < length, other=0)
+        else:
+            x = tl.load(idx_ptr + start + i, mask=valid, other=0)
+        ptrs = _row_ptrs(x, place, modulus, base, width, rel, D, IDX32, UNIFORM)
         m3 = valid[None, :, None] & cmask[:, None, :]
         if OP == 1 and not AFTER_POOL:
             rows = tl.load(w_ptr + ptrs, mask=m3, other=1.0).to(tl.float32)
@@ -191,22 +226,30 @@ def _tbe_bwd_kernel(
 def _tbe_apply_kernel(
     idx_ptr, off_ptr, w_ptr, grad_ptr,
     place_ptr, mod_ptr, base_ptr, width_ptr, col_ptr, kf_ptr, mean_ptr,
-    B, neg_lr,
-    K: tl.constexpr, IDX32: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+    B, D, neg_lr,
+    K: tl.constexpr, IDX32: tl.constexpr, UNIFORM: tl.constexpr, EVEN_D: tl.constexpr,
+    PREFETCH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # every touched gradient element is taken (and zeroed) by exactly one visitor: w -= lr * grad
     f, bags, bmask, start, length, place, modulus, base, width, rel, cmask, scale, ts, tmask = _prologue(
-        off_ptr, place_ptr, mod_ptr, base_ptr, width_ptr, col_ptr, kf_ptr, mean_ptr, B,
-        K, IDX32, BLOCK_B, BLOCK_D)
-    zeros = tl.zeros([K, BLOCK_B, BLOCK_D], tl.float32)
+        off_ptr, place_ptr, mod_ptr, base_ptr, width_ptr, col_ptr, kf_ptr, mean_ptr, B, D,
+        K, IDX32, UNIFORM, EVEN_D, BLOCK_B, BLOCK_D)
+    # grad_ptr is the fp32 scratch seen as int32 (the interpreter exchanges integers only)
+    zeros = tl.zeros([K, BLOCK_B, BLOCK_D], tl.int32)
     maxlen = tl.max(length, axis=0)
+    if PREFETCH:  # the next index loads while this one's rows are in flight
+        x_next = tl.load(idx_ptr + start, mask=length > 0, other=0)
     for i in range(0, maxlen):
         valid = i < length
-        x = tl.load(idx_ptr + start + i, mask=valid, other=0)
-        ptrs = _row_ptrs(x, place, modulus, base, width, rel, IDX32)
+        if PREFETCH:
+            x = x_next
+            x_next = tl.load(idx_ptr + start + i + 1, mask=i + 1 < length, other=0)
+        else:
+            x = tl.load(idx_ptr + start + i, mask=valid, other=0)
+        ptrs = _row_ptrs(x, place, modulus, base, width, rel, D, IDX32, UNIFORM)
         m3 = valid[None, :, None] & cmask[:, None, :]
-        gsum = tl.atomic_xchg(grad_ptr + ptrs, zeros, mask=m3, sem="relaxed")
-        gsum = tl.where(m3, gsum, 0.0)
+        gbits = tl.atomic_xchg(grad_ptr + ptrs, zeros, mask=m3, sem="relaxed")
+        gsum = tl.where(m3, gbits.to(tl.float32, bitcast=True), 0.0)
         tl.atomic_add(w_ptr + ptrs, gsum * neg_lr, mask=m3 & (gsum != 0.0), sem="relaxed")
 
 
@@ -259,9 +302,12 @@ class TBELayout:
             kf = torch.tensor([len(s) for s in self.table_shapes], dtype=torch.int32)
             mean = torch.tensor([1 if m == "mean" else 0 for m in self.modes], dtype=torch.int32)
             n = torch.tensor(self.num_embeddings, dtype=torch.long)
+            # mult/add: every table is (rows, d), so bases are also kept in rows (see UNIFORM)
+            base_rows = base // self.dim
             self._device_tensors[key] = {
                 name: t.to(device) for name, t in dict(place=place, modulus=modulus, base=base, width=width,
-                                                       col=col, kf=kf, mean=mean, n=n).items()}
+                                                       col=col, kf=kf, mean=mean, n=n,
+                                                       base_rows=base_rows).items()}
         return self._device_tensors[key]
 
 
@@ -350,12 +396,14 @@ def tbe_layout(
 
 
 # -- validation ---------------------------------------------------------------------------------------
-def validate_tbe_input(indices: torch.Tensor, offsets: torch.Tensor, layout: TBELayout) -> None:
+def validate_tbe_input(indices: torch.Tensor, offsets: torch.Tensor, layout: TBELayout,
+                       extra_checks: Sequence = ()) -> None:
     """Check all features' indices and the offsets at once (a single device-to-host copy).
 
     Raises ``IndexError`` naming the feature, the value and ``n`` for an index outside
     ``[0, n)``, and ``ValueError`` for offsets that do not start at 0, decrease or do not end at
-    ``len(indices)``.
+    ``len(indices)``. ``extra_checks`` are ``(flag, raise_fn)`` pairs: a 0-d bool tensor that is
+    true on an error, fetched in the same copy, and a function that raises the error.
     """
     F = layout.num_features
     N = indices.numel()
@@ -370,7 +418,11 @@ def validate_tbe_input(indices: torch.Tensor, offsets: torch.Tensor, layout: TBE
         feat = torch.searchsorted(bounds, pos, right=True).clamp_(max=F - 1)
         bad = (indices < 0) | (indices >= tens["n"][feat])
         checks.append(bad.any())
-    flags = torch.stack(checks).tolist()
+    extra_checks = list(extra_checks)
+    flags = torch.stack([c.to(torch.bool) for c in checks] + [f.to(torch.bool) for f, _ in extra_checks]).tolist()
+    for flag, (_, raise_fn) in zip(flags[len(checks):], extra_checks):
+        if flag:
+            raise_fn()
     if flags[0]:
         raise ValueError(f"offsets[0] must be 0, got {int(offsets[0])}")
     if flags[1]:
@@ -393,8 +445,10 @@ def _launch_config(layout: TBELayout, B: int, block_b: Optional[int]):
     K = _next_pow2(layout.k_max)
     block_d = max(_next_pow2(layout.dim), 16)
     if block_b is None:
-        # about 4096 fp32 values per (K, BLOCK_B, BLOCK_D) tile: K * BLOCK_B rows in flight per step
-        block_b = max(1, min(64, 4096 // (K * block_d)))
+        # about 2048 fp32 values per (K, BLOCK_B, BLOCK_D) tile: K * BLOCK_B rows in flight per step.
+        # Measured on an H100 (BENCHMARKS.md, d=64, B=16384, 20-hot QR forward): block_b 8/16/32/64
+        # ran 0.833/0.838/1.298/0.862 ms, so 4096-value tiles (block_b=32 there) were the worst.
+        block_b = max(1, min(64, 2048 // (K * block_d)))
         block_b = min(block_b, max(1, _next_pow2(B)))
     elif block_b < 1 or block_b & (block_b - 1):
         raise ValueError(f"block_b must be a power of two >= 1, got {block_b}")
@@ -403,8 +457,9 @@ def _launch_config(layout: TBELayout, B: int, block_b: Optional[int]):
     return K, block_b, block_d, num_warps
 
 
-def _args(t):
-    return (t["place"], t["modulus"], t["base"], t["width"], t["col"], t["kf"], t["mean"])
+def _args(t, uniform):
+    base = t["base_rows"] if uniform else t["base"]
+    return (t["place"], t["modulus"], base, t["width"], t["col"], t["kf"], t["mean"])
 
 
 class _TBEFunction(torch.autograd.Function):
@@ -416,21 +471,26 @@ class _TBEFunction(torch.autograd.Function):
         out = torch.empty(B, F * D, dtype=weight.dtype, device=weight.device)
         K, block_b, block_d, num_warps = _launch_config(layout, B, block_b)
         t = layout.tensors(weight.device)
+        uniform = layout.operation != "concat"
         if B > 0:
             grid = (triton.cdiv(B, block_b), F)
             _tbe_fwd_kernel[grid](
-                indices, offsets, weight, out, *_args(t), B, D, F * D,
+                indices, offsets, weight, out, *_args(t, uniform), B, D, F * D,
                 K=K, OP=_OPS[layout.operation], AFTER_POOL=layout.compose == "after_pool",
-                IDX32=layout.idx32, BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps)
-        ctx.save_for_backward(indices, offsets)
-        ctx.weight = weight  # not saved for autograd: fused SGD updates it in place
+                IDX32=layout.idx32, UNIFORM=uniform, EVEN_D=block_d == D, PREFETCH=PREFETCH_INDICES,
+                BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps)
+        if optimizer is None:
+            ctx.save_for_backward(indices, offsets, weight)  # autograd checks it is not modified meanwhile
+        else:
+            ctx.save_for_backward(indices, offsets)
+            ctx.weight = weight  # fused SGD updates it in place, in backward
         ctx.config = (layout, optimizer, learning_rate, scratch, K, block_b, block_d, num_warps, B)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        indices, offsets = ctx.saved_tensors
-        weight = ctx.weight
+        indices, offsets, *saved = ctx.saved_tensors
+        weight = saved[0] if saved else ctx.weight
         layout, optimizer, lr, scratch, K, block_b, block_d, num_warps, B = ctx.config
         F, D = layout.num_features, layout.dim
         grad_out = grad_out.contiguous()
@@ -438,20 +498,23 @@ class _TBEFunction(torch.autograd.Function):
         op = _OPS[layout.operation]
         after = layout.compose == "after_pool"
         grid = (triton.cdiv(B, block_b), F) if B > 0 else None
-        consts = dict(K=K, IDX32=layout.idx32, BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps)
+        uniform = layout.operation != "concat"
+        consts = dict(K=K, IDX32=layout.idx32, UNIFORM=uniform, EVEN_D=block_d == D,
+                      PREFETCH=PREFETCH_INDICES, BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps)
+        a = _args(t, uniform)
         if optimizer is None:
             grad = torch.zeros(weight.numel(), dtype=torch.float32, device=weight.device)
             if grid is not None and indices.numel():
-                _tbe_bwd_kernel[grid](indices, offsets, weight, grad_out, grad, *_args(t), B, D, F * D, 1.0,
+                _tbe_bwd_kernel[grid](indices, offsets, weight, grad_out, grad, *a, B, D, F * D, 1.0,
                                       OP=op, AFTER_POOL=after, **consts)
             return grad.to(weight.dtype), None, None, None, None, None, None, None, None
         if grid is not None and indices.numel():
             if op == 1:  # the gradient reads the other tables: accumulate first, then update
-                _tbe_bwd_kernel[grid](indices, offsets, weight, grad_out, scratch, *_args(t), B, D, F * D, 1.0,
+                _tbe_bwd_kernel[grid](indices, offsets, weight, grad_out, scratch, *a, B, D, F * D, 1.0,
                                       OP=op, AFTER_POOL=after, **consts)
-                _tbe_apply_kernel[grid](indices, offsets, weight, scratch, *_args(t), B, -lr, **consts)
+                _tbe_apply_kernel[grid](indices, offsets, weight, scratch.view(torch.int32), *a, B, D, -lr, **consts)
             else:
-                _tbe_bwd_kernel[grid](indices, offsets, weight, grad_out, weight, *_args(t), B, D, F * D, -lr,
+                _tbe_bwd_kernel[grid](indices, offsets, weight, grad_out, weight, *a, B, D, F * D, -lr,
                                       OP=op, AFTER_POOL=after, **consts)
         return None, None, None, None, None, None, None, None, None
 
