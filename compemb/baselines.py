@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compemb.functional import normalize_bag_input
+from compemb.functional import module_bag_input
 from compemb.partitions import HashPartition, RemainderPartition
 from compemb.path import _check_int, _check_mode, _pool_rows
 
@@ -137,15 +137,7 @@ class HashEmbeddingBag(nn.Module):
         offsets: Optional[Tensor] = None,
         per_sample_weights: Optional[Tensor] = None,
     ) -> Tensor:
-        flat, offsets, per_sample_weights = normalize_bag_input(
-            input,
-            offsets,
-            per_sample_weights,
-            include_last_offset=self.include_last_offset,
-            mode=self.mode,
-            num_embeddings=self.num_embeddings,
-            name=type(self).__name__,
-        )
+        flat, offsets, per_sample_weights = module_bag_input(self, input, offsets, per_sample_weights)
         return F.embedding_bag(
             self.buckets(flat),
             self.weight,
@@ -335,15 +327,7 @@ class MixedDimEmbeddingBag(nn.Module):
         offsets: Optional[Tensor] = None,
         per_sample_weights: Optional[Tensor] = None,
     ) -> Tensor:
-        flat, offsets, per_sample_weights = normalize_bag_input(
-            input,
-            offsets,
-            per_sample_weights,
-            include_last_offset=self.include_last_offset,
-            mode=self.mode,
-            num_embeddings=self.num_embeddings,
-            name=type(self).__name__,
-        )
+        flat, offsets, per_sample_weights = module_bag_input(self, input, offsets, per_sample_weights)
         if self.projection is not None and self.mode == "max":
             # max does not commute with the projection: project each index, then pool
             rows = F.embedding(

@@ -67,6 +67,7 @@ __all__ = [
     "MODES",
     "COMPOSES",
     "normalize_bag_input",
+    "module_bag_input",
     "embedding_bag_codes",
     "compositional_embedding_bag",
     "encode_validated",
@@ -224,6 +225,15 @@ def normalize_bag_input(
         ([1, 2, 3, 4], [0, 2, 4], None)
     """
     return _normalize(input, offsets, per_sample_weights, include_last_offset, mode, num_embeddings, name)[:3]
+
+
+def module_bag_input(module, input, offsets=None, per_sample_weights=None):
+    """:func:`normalize_bag_input` with a module's ``include_last_offset``, ``mode``,
+    ``num_embeddings`` and class name (for the error messages)."""
+    return normalize_bag_input(
+        input, offsets, per_sample_weights, include_last_offset=module.include_last_offset,
+        mode=module.mode, num_embeddings=module.num_embeddings, name=type(module).__name__,
+    )
 
 
 def _normalize(input, offsets, per_sample_weights, include_last_offset, mode, num_embeddings, name):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compemb.functional import embedding_bag_codes, normalize_bag_input
+from compemb.functional import embedding_bag_codes, module_bag_input
 from compemb.partitions import PartitionFamily, quotient_remainder
 
 __all__ = ["PathEmbeddingBag"]
@@ -299,15 +299,7 @@ class PathEmbeddingBag(nn.Module):
         offsets: Optional[Tensor] = None,
         per_sample_weights: Optional[Tensor] = None,
     ) -> Tensor:
-        flat, offsets, per_sample_weights = normalize_bag_input(
-            input,
-            offsets,
-            per_sample_weights,
-            include_last_offset=self.include_last_offset,
-            mode=self.mode,
-            num_embeddings=self.num_embeddings,
-            name=type(self).__name__,
-        )
+        flat, offsets, per_sample_weights = module_bag_input(self, input, offsets, per_sample_weights)
         return _pool_rows(self.compose(flat), offsets, self.mode, per_sample_weights)
 
     def extra_repr(self) -> str:

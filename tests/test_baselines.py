@@ -10,40 +10,9 @@ from hypothesis import strategies as st
 
 from compemb.baselines import HashEmbeddingBag, MixedDimEmbeddingBag, md_dims
 from compemb.partitions import HashPartition
+from _bags import bag_inputs, naive_pool
 
 FAST = settings(max_examples=30, deadline=None)
-
-
-def _naive_pool(vectors, weights, mode, dim):
-    if not vectors:
-        return torch.zeros(dim, dtype=torch.float64)
-    if weights is not None:
-        vectors = [v * w for v, w in zip(vectors, weights)]
-    stacked = torch.stack(vectors)
-    if mode == "sum":
-        return stacked.sum(0)
-    if mode == "mean":
-        return stacked.sum(0) / len(vectors)
-    return stacked.max(0).values
-
-
-@st.composite
-def bag_inputs(draw, n):
-    """(input, offsets, include_last_offset, bags) in one of the nn.EmbeddingBag forms."""
-    form = draw(st.sampled_from(["1d", "1d_last", "2d"]))
-    num_bags = draw(st.integers(1, 4))
-    if form == "2d":
-        length = draw(st.integers(1, 3))
-        bags = [draw(st.lists(st.integers(0, n - 1), min_size=length, max_size=length)) for _ in range(num_bags)]
-        return torch.tensor(bags, dtype=torch.long), None, False, bags
-    bags = [draw(st.lists(st.integers(0, n - 1), min_size=0, max_size=4)) for _ in range(num_bags)]
-    flat = torch.tensor([i for b in bags for i in b], dtype=torch.long)
-    starts = [0]
-    for b in bags:
-        starts.append(starts[-1] + len(b))
-    if form == "1d_last":
-        return flat, torch.tensor(starts), True, bags
-    return flat, torch.tensor(starts[:-1]), False, bags
 
 
 def _expected(bags, psw, mode, dim, vector_of):
@@ -52,7 +21,7 @@ def _expected(bags, psw, mode, dim, vector_of):
     for b in bags:
         ws = None if flat_w is None else flat_w[pos : pos + len(b)]
         pos += len(b)
-        rows.append(_naive_pool([vector_of(x) for x in b], ws, mode, dim))
+        rows.append(naive_pool([vector_of(x) for x in b], ws, mode, dim))
     return torch.stack(rows)
 
 

@@ -16,6 +16,7 @@ from compemb.partitions import (
     naive,
 )
 from compemb.path import PathEmbeddingBag
+from _bags import bag_inputs, naive_pool
 
 FAST = settings(max_examples=25, deadline=None)
 
@@ -35,38 +36,6 @@ def _naive_compose(bag: PathEmbeddingBag, x: int, classes) -> torch.Tensor:
     return v
 
 
-def _naive_pool(vectors, weights, mode, dim, dtype):
-    if not vectors:
-        return torch.zeros(dim, dtype=dtype)
-    if weights is not None:
-        vectors = [v * w for v, w in zip(vectors, weights)]
-    stacked = torch.stack(vectors)
-    if mode == "sum":
-        return stacked.sum(0)
-    if mode == "mean":
-        return stacked.sum(0) / len(vectors)
-    return stacked.max(0).values
-
-
-@st.composite
-def bag_inputs(draw, n):
-    """(input, offsets, include_last_offset, bags as lists of ints) in one of the torch forms."""
-    form = draw(st.sampled_from(["1d", "1d_last", "2d"]))
-    num_bags = draw(st.integers(1, 4))
-    if form == "2d":
-        length = draw(st.integers(1, 3))
-        bags = [draw(st.lists(st.integers(0, n - 1), min_size=length, max_size=length)) for _ in range(num_bags)]
-        return torch.tensor(bags, dtype=torch.long), None, False, bags
-    bags = [draw(st.lists(st.integers(0, n - 1), min_size=0, max_size=3)) for _ in range(num_bags)]
-    flat = torch.tensor([i for b in bags for i in b], dtype=torch.long)
-    starts = [0]
-    for b in bags:
-        starts.append(starts[-1] + len(b))
-    if form == "1d_last":
-        return flat, torch.tensor(starts), True, bags
-    return flat, torch.tensor(starts[:-1]), False, bags
-
-
 def _check_against_naive(bag, inp, offsets, bags, mode, psw, classes_of):
     out = bag(inp, offsets, per_sample_weights=psw)
     flat_w = None if psw is None else psw.reshape(-1).tolist()
@@ -75,7 +44,7 @@ def _check_against_naive(bag, inp, offsets, bags, mode, psw, classes_of):
         vecs = [_naive_compose(bag, x, classes_of(x)) for x in b]
         ws = None if flat_w is None else flat_w[pos : pos + len(b)]
         pos += len(b)
-        expected.append(_naive_pool(vecs, ws, mode, bag.embedding_dim, torch.float64))
+        expected.append(naive_pool(vecs, ws, mode, bag.embedding_dim, torch.float64))
     torch.testing.assert_close(out, torch.stack(expected), rtol=1e-10, atol=1e-12)
 
 
@@ -88,7 +57,7 @@ def test_default_family_equals_naive_loop(data):
     hidden = data.draw(st.sampled_from([(), (3,), (2, 5)]), label="hidden")
     activation = data.draw(st.sampled_from(["relu", "tanh"]), label="activation")
     mode = data.draw(st.sampled_from(["sum", "mean", "max"]), label="mode")
-    inp, offsets, last, bags = data.draw(bag_inputs(n), label="input")
+    inp, offsets, last, bags = data.draw(bag_inputs(n, max_len=3), label="input")
     psw = None
     if mode == "sum" and data.draw(st.booleans(), label="psw"):
         psw = torch.rand(inp.shape, dtype=torch.float64) * 2 - 1
@@ -111,7 +80,7 @@ def test_three_partition_family_equals_naive_loop(data):
     family = generalized_qr(n, k=3)
     hidden = data.draw(st.sampled_from([(), (3,)]), label="hidden")
     mode = data.draw(st.sampled_from(["sum", "mean", "max"]), label="mode")
-    inp, offsets, last, bags = data.draw(bag_inputs(n), label="input")
+    inp, offsets, last, bags = data.draw(bag_inputs(n, max_len=3), label="input")
     bag = PathEmbeddingBag(n, 3, family=family, hidden_dims=hidden, mode=mode,
                            include_last_offset=last, dtype=torch.float64)
     sizes = family.table_sizes
