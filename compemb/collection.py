@@ -393,7 +393,8 @@ class CompositionalEmbeddingBagCollection(nn.Module):
         if self.backend == "triton":
             return self._forward_triton(features, concat, self.validate if validate is None else validate)
         pairs, keyed = self._features(features)
-        codes = [spec.family.encode(flat) for spec, (flat, _) in zip(self.specs, pairs)]
+        # the indices were range-checked in _features: encode without a second check (and sync)
+        codes = [CF.encode_validated(spec.family, flat) for spec, (flat, _) in zip(self.specs, pairs)]
         if self.backend == "torch":
             outs = []
             tables = self.tables()
