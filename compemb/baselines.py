@@ -10,13 +10,14 @@
 from __future__ import annotations
 
 import math
+import operator
 from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compemb.functional import module_bag_input
+from compemb.functional import check_max_norm, check_per_sample_weights_dtype, module_bag_input
 from compemb.partitions import HashPartition, RemainderPartition
 from compemb.path import _check_int, _check_mode, _pool_rows
 
@@ -101,12 +102,18 @@ class HashEmbeddingBag(nn.Module):
             raise ValueError(f"{name}: hash must be one of {_HASHES}, got {hash!r}")
         self.num_buckets = num_buckets
         self.hash = hash
+        try:
+            if isinstance(seed, bool):
+                raise TypeError
+            seed = operator.index(seed)
+        except TypeError:
+            raise TypeError(f"{name}: seed must be an int, got {seed!r} ({type(seed).__name__})") from None
         self.seed = seed
         if hash == "remainder":
             self.partition = RemainderPartition(num_embeddings, num_buckets)
         else:
             self.partition = HashPartition(num_embeddings, num_buckets, seed)
-        self.max_norm = max_norm
+        self.max_norm = check_max_norm(max_norm, name)
         self.norm_type = norm_type
         self.scale_grad_by_freq = scale_grad_by_freq
         self.sparse = bool(sparse)
@@ -120,6 +127,33 @@ class HashEmbeddingBag(nn.Module):
                     f"{name}: _weight has shape {tuple(_weight.shape)}, expected {(num_buckets, embedding_dim)}"
                 )
             self.weight = nn.Parameter(_weight)
+
+    @classmethod
+    def from_pretrained(cls, embeddings: Tensor, num_embeddings: int, freeze: bool = True,
+                        **kwargs) -> "HashEmbeddingBag":
+        """Build from a given shared table of ``num_buckets = embeddings.shape[0]`` rows.
+
+        Args:
+            embeddings: the ``(num_buckets, embedding_dim)`` table (used as is, not copied).
+            num_embeddings: n, the number of categories hashed into it.
+            freeze: do not train the table (``requires_grad=False``), as ``nn.EmbeddingBag``.
+            **kwargs: the other constructor arguments (``hash``, ``seed``, ``mode`` ...).
+
+        Example::
+
+            >>> bag = HashEmbeddingBag.from_pretrained(torch.ones(4, 3), num_embeddings=10, mode="sum")
+            >>> bag(torch.tensor([[1, 9]]))
+            tensor([[2., 2., 2.]])
+        """
+        if not isinstance(embeddings, Tensor) or embeddings.dim() != 2:
+            raise ValueError(
+                f"HashEmbeddingBag.from_pretrained: embeddings must be a 2-D tensor, got "
+                f"{tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__}"
+            )
+        rows, dim = embeddings.shape
+        bag = cls(num_embeddings, dim, num_buckets=rows, _weight=embeddings, **kwargs)
+        bag.weight.requires_grad_(not freeze)
+        return bag
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -138,6 +172,12 @@ class HashEmbeddingBag(nn.Module):
         per_sample_weights: Optional[Tensor] = None,
     ) -> Tensor:
         flat, offsets, per_sample_weights = module_bag_input(self, input, offsets, per_sample_weights)
+        check_per_sample_weights_dtype(per_sample_weights, self.weight.dtype, type(self).__name__)
+        if self.scale_grad_by_freq:
+            # F.embedding_bag divides by wrong counts (torch 2.13, CPU): gather as F.embedding does
+            rows = F.embedding(self.buckets(flat), self.weight, max_norm=self.max_norm, norm_type=self.norm_type,
+                               scale_grad_by_freq=True, sparse=self.sparse)
+            return _pool_rows(rows, offsets, self.mode, per_sample_weights)
         return F.embedding_bag(
             self.buckets(flat),
             self.weight,
@@ -301,7 +341,7 @@ class MixedDimEmbeddingBag(nn.Module):
                 "a mixed-dimension table is projected up to the base width, never down"
             )
         self.mode = _check_mode(mode, name)
-        self.max_norm = max_norm
+        self.max_norm = check_max_norm(max_norm, name)
         self.norm_type = norm_type
         self.scale_grad_by_freq = scale_grad_by_freq
         self.sparse = bool(sparse)
@@ -319,7 +359,56 @@ class MixedDimEmbeddingBag(nn.Module):
         bound = math.sqrt(1.0 / self.num_embeddings)
         nn.init.uniform_(self.weight, -bound, bound)
         if self.projection is not None:
-            nn.init.orthogonal_(self.projection, gain=math.sqrt(self.embedding_dim / self.md_dim))
+            gain = math.sqrt(self.embedding_dim / self.md_dim)
+            if self.projection.dtype in (torch.float16, torch.bfloat16) and self.projection.device.type != "meta":
+                # (no QR for half types on every device: draw in float32, then round)
+                full = torch.empty(self.projection.shape, dtype=torch.float32, device=self.projection.device)
+                self.projection.copy_(nn.init.orthogonal_(full, gain=gain))
+            else:
+                nn.init.orthogonal_(self.projection, gain=gain)
+
+    @classmethod
+    def from_pretrained(cls, embeddings: Tensor, projection: Optional[Tensor] = None, freeze: bool = True,
+                        **kwargs) -> "MixedDimEmbeddingBag":
+        """Build from a given table and projection (used as is, not copied).
+
+        Args:
+            embeddings: the ``(num_embeddings, md_dim)`` table.
+            projection: the ``(embedding_dim, md_dim)`` matrix ``P`` with ``md_dim < embedding_dim``,
+                or ``None`` for no projection (``embedding_dim = md_dim``).
+            freeze: do not train the table nor the projection (``requires_grad=False``).
+            **kwargs: the other constructor arguments (``mode``, ``sparse`` ...).
+
+        Example::
+
+            >>> bag = MixedDimEmbeddingBag.from_pretrained(torch.ones(10, 2), torch.ones(4, 2), mode="sum")
+            >>> bag(torch.tensor([[1, 9]]))
+            tensor([[4., 4., 4., 4.]])
+        """
+        where = "MixedDimEmbeddingBag.from_pretrained"
+        if not isinstance(embeddings, Tensor) or embeddings.dim() != 2:
+            raise ValueError(f"{where}: embeddings must be a 2-D tensor (num_embeddings, md_dim)")
+        n, md_dim = embeddings.shape
+        dim = md_dim
+        if projection is not None:
+            if not isinstance(projection, Tensor) or projection.dim() != 2 or projection.shape[1] != md_dim:
+                raise ValueError(
+                    f"{where}: projection must be a 2-D tensor (embedding_dim, md_dim={md_dim}), got "
+                    f"{tuple(projection.shape) if isinstance(projection, Tensor) else type(projection).__name__}"
+                )
+            dim = projection.shape[0]
+            if dim == md_dim:
+                raise ValueError(f"{where}: a square projection {tuple(projection.shape)} is not a mixed dimension; "
+                                 "pass projection=None")
+            if projection.dtype != embeddings.dtype or projection.device != embeddings.device:
+                raise ValueError(f"{where}: projection ({projection.dtype}, {projection.device}) and embeddings "
+                                 f"({embeddings.dtype}, {embeddings.device}) must share dtype and device")
+        kwargs.pop("device", None), kwargs.pop("dtype", None)  # (the given tensors decide both)
+        bag = cls(n, dim, md_dim=md_dim, device="meta", **kwargs)  # no second table allocated
+        bag.weight = nn.Parameter(embeddings, requires_grad=not freeze)
+        if projection is not None:
+            bag.projection = nn.Parameter(projection, requires_grad=not freeze)
+        return bag
 
     def forward(
         self,
@@ -328,13 +417,19 @@ class MixedDimEmbeddingBag(nn.Module):
         per_sample_weights: Optional[Tensor] = None,
     ) -> Tensor:
         flat, offsets, per_sample_weights = module_bag_input(self, input, offsets, per_sample_weights)
-        if self.projection is not None and self.mode == "max":
-            # max does not commute with the projection: project each index, then pool
+        check_per_sample_weights_dtype(per_sample_weights, self.weight.dtype, type(self).__name__)
+        if (self.projection is not None and self.mode == "max") or self.scale_grad_by_freq:
+            # max does not commute with the projection: project each index, then pool; and
+            # F.embedding_bag's scale_grad_by_freq divides by wrong counts (torch 2.13, CPU)
             rows = F.embedding(
                 flat, self.weight, max_norm=self.max_norm, norm_type=self.norm_type,
                 scale_grad_by_freq=self.scale_grad_by_freq, sparse=self.sparse,
             )
-            return _pool_rows(rows @ self.projection.t(), offsets, self.mode, None)
+            if self.projection is None:
+                return _pool_rows(rows, offsets, self.mode, per_sample_weights)
+            if self.mode == "max":
+                return _pool_rows(rows @ self.projection.t(), offsets, self.mode, None)
+            return _pool_rows(rows, offsets, self.mode, per_sample_weights) @ self.projection.t()
         pooled = F.embedding_bag(
             flat,
             self.weight,

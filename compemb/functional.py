@@ -75,6 +75,8 @@ __all__ = [
     "check_operation",
     "check_mode",
     "check_compose",
+    "check_max_norm",
+    "check_per_sample_weights_dtype",
 ]
 
 OPERATIONS = ("mult", "add", "concat")
@@ -100,6 +102,26 @@ def check_compose(compose: str) -> str:
     if compose not in COMPOSES:
         raise ValueError(f"compose must be one of {COMPOSES}, got {compose!r}")
     return compose
+
+
+def check_max_norm(max_norm, name: str = "embedding bag") -> Optional[float]:
+    """``None`` or a finite number ``> 0`` (a negative ``max_norm`` would flip the rows' signs)."""
+    if max_norm is None:
+        return None
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)):
+        raise TypeError(f"{name}: max_norm must be None or a number > 0, got {max_norm!r}")
+    if not math.isfinite(max_norm) or max_norm <= 0:
+        raise ValueError(f"{name}: max_norm must be None or a finite number > 0, got max_norm={max_norm!r}")
+    return max_norm
+
+
+def check_per_sample_weights_dtype(per_sample_weights, table_dtype, name: str = "embedding bag") -> None:
+    """``per_sample_weights`` must have the tables' dtype, as :class:`torch.nn.EmbeddingBag` requires."""
+    if per_sample_weights is not None and per_sample_weights.dtype != table_dtype:
+        raise TypeError(
+            f"{name}: per_sample_weights has dtype {per_sample_weights.dtype} but the tables are "
+            f"{table_dtype}; pass per_sample_weights of the tables' dtype"
+        )
 
 
 def init_bound(num_embeddings: int, k: int, operation: str) -> float:
@@ -150,10 +172,13 @@ def _standard_offsets(num_bags: int, bag_len: int, device: torch.device) -> Tupl
     if hit is None:
         if len(_OFFSETS_CACHE) >= 32:
             _OFFSETS_CACHE.clear()
-        full = torch.arange(num_bags + 1, device=device, dtype=torch.long)
-        if bag_len != 1:
-            full = full * bag_len
-        hit = _OFFSETS_CACHE[key] = (full, full[:num_bags])
+        # (never inference tensors, even when first asked for under torch.inference_mode():
+        # autograd refuses to save those, so later training steps would fail)
+        with torch.inference_mode(False):
+            full = torch.arange(num_bags + 1, device=device, dtype=torch.long)
+            if bag_len != 1:
+                full = full * bag_len
+            hit = _OFFSETS_CACHE[key] = (full, full[:num_bags])
     return hit
 
 
@@ -194,7 +219,8 @@ def normalize_bag_input(
     Args:
         input: integer tensor of indices (int64 or int32).
         offsets: integer tensor of bag starts for 1-D ``input``; ``None`` for 2-D ``input``.
-        per_sample_weights: float tensor of ``input``'s shape, only with ``mode="sum"``.
+        per_sample_weights: float tensor of ``input``'s shape, only with ``mode="sum"`` (the modules
+            require the tables' dtype, as ``nn.EmbeddingBag`` does).
         include_last_offset: whether ``offsets`` has ``B + 1`` entries.
         mode: ``"sum"``, ``"mean"`` or ``"max"`` (checked, and used for ``per_sample_weights``).
         num_embeddings: when given, every index must lie in ``[0, num_embeddings)``.
@@ -649,8 +675,9 @@ def embedding_bag_codes(
             :func:`torch.nn.functional.embedding_bag` does: ties are not shared.
         compose: ``"before_pool"`` (combine the k rows of each index, then pool) or
             ``"after_pool"`` (pool each table, then combine).
-        per_sample_weights: ``None`` or float ``(N,)``, only with ``mode="sum"``; scales the
-            composed vector of each index (``before_pool``) or each table's row (``after_pool``).
+        per_sample_weights: ``None`` or float ``(N,)`` of any float dtype (cast to the dtype the
+            rows are pooled in), only with ``mode="sum"``; scales the composed vector of each index
+            (``before_pool``) or each table's row (``after_pool``).
         sparse: give every table a sparse gradient (for ``torch.optim.SGD`` / ``SparseAdam``).
         max_norm: renormalise, in place, every referenced row of every table whose ``norm_type``
             norm exceeds ``max_norm`` (as :func:`torch.nn.functional.embedding_bag` does).
@@ -694,6 +721,10 @@ def _check_kernel_args(codes, offsets, weights, operation, mode, compose, per_sa
         raise TypeError(f"codes must be an integer tensor, got dtype {codes.dtype}")
     if offsets.dim() != 1 or offsets.shape[0] < 1:
         raise ValueError(f"offsets must have shape (B + 1,), got {tuple(offsets.shape)}")
+    if len({w.dtype for w in weights}) != 1 or len({w.device for w in weights}) != 1:
+        raise ValueError(
+            f"the tables must share one dtype and device, got {[(str(w.dtype), str(w.device)) for w in weights]}"
+        )
     if operation != "concat":
         dims = {int(w.shape[1]) for w in weights}
         if len(dims) != 1:
@@ -704,6 +735,8 @@ def _check_kernel_args(codes, offsets, weights, operation, mode, compose, per_sa
     if per_sample_weights is not None:
         if mode != "sum":
             raise ValueError(f"per_sample_weights is only supported for mode='sum', got mode={mode!r}")
+        if not per_sample_weights.is_floating_point():
+            raise TypeError(f"per_sample_weights must be a floating point tensor, got {per_sample_weights.dtype}")
         if per_sample_weights.shape != (codes.shape[1],):
             raise ValueError(
                 f"per_sample_weights must have shape ({codes.shape[1]},), got "
@@ -731,6 +764,11 @@ def _embedding_bag_codes_unchecked(
     n_idx = codes[0].shape[0]
     out_dtype = weights[0].dtype
     low_precision = out_dtype in _LOW_PRECISION
+    if per_sample_weights is not None:
+        # the contract takes float weights of any dtype: bring them to the dtype rows are pooled in
+        psw_dtype = torch.float32 if low_precision else out_dtype
+        if per_sample_weights.dtype != psw_dtype:
+            per_sample_weights = per_sample_weights.to(psw_dtype)
 
     # Choose the cheapest exact evaluation.
     scale_after = None  # per-bag factor for bags of exactly one index (see below)

@@ -9,7 +9,8 @@
 
 Both have the ``nn.EmbeddingBag`` forward contract: ``forward(input, offsets=None,
 per_sample_weights=None)`` with 1-D ``input`` and ``offsets`` or 2-D ``input``;
-``include_last_offset``; ``per_sample_weights`` with ``mode="sum"``; empty bags give zeros.
+``include_last_offset``; ``per_sample_weights`` with ``mode="sum"`` (of the tables' dtype, as
+``nn.EmbeddingBag`` requires: another dtype raises ``TypeError``); empty bags give zeros.
 ``mode="max"`` back-propagates to the first maximum of each bag only, as ``nn.EmbeddingBag``.
 
 Cost of a forward beyond the lookups: one validation pass (``aminmax`` of the indices, plus the
@@ -25,6 +26,7 @@ backends may add syncs of their own (e.g. the longest bag for Triton's launch).
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -32,7 +34,9 @@ from torch import nn
 
 from compemb import functional as CF
 from compemb.kernels import BACKEND_NAMES, Backend, BackendUnavailableError, resolve_backend
-from compemb.partitions import PartitionFamily, QuotientPartition, RemainderPartition, quotient_remainder, split_dim
+from compemb.partitions import (
+    PartitionFamily, QuotientPartition, RemainderPartition, ResiduePartition, quotient_remainder, split_dim,
+)
 
 __all__ = ["CompositionalEmbeddingBag", "QREmbeddingBag"]
 
@@ -41,6 +45,31 @@ def _check_positive_int(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{what} must be a positive int, got {value!r}")
     return value
+
+
+def _as_width(value, what: str) -> int:
+    """An integer width (Python, numpy or 0-d integer tensor); a float is refused, not truncated."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = int(value)
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an int, got {value!r} ({type(value).__name__})") from None
+
+
+def _check_tables(tables: Sequence[torch.Tensor], what: str) -> None:
+    """Given tables must be floating point and share one dtype and device."""
+    for i, t in enumerate(tables):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(
+                f"{what}[{i}] must be a floating point tensor, got "
+                f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}"
+            )
+    kinds = [(str(t.dtype).replace("torch.", ""), str(t.device)) for t in tables]
+    if len(set(kinds)) != 1:
+        raise ValueError(f"{what} must share one dtype and device, got (dtype, device) {kinds}")
 
 
 class _BackendMixin:
@@ -87,6 +116,8 @@ class _BackendMixin:
 
     def _run(self, codes, offsets, weights, psw, bag_len=CF._UNKNOWN) -> torch.Tensor:
         """Pool ``codes`` (a ``(k, N)`` tensor or k ``(N,)`` tensors) with the configured backend."""
+        if psw is not None and psw.dtype != weights[0].dtype:  # (as nn.EmbeddingBag: no silent cast)
+            CF.check_per_sample_weights_dtype(psw, weights[0].dtype, type(self).__name__)
         # backend="torch" needs no resolution: the constructor validated the configuration and
         # the reference serves every floating-point table (the one thing it could refuse)
         if self.backend != "torch" or not weights[0].is_floating_point():
@@ -200,6 +231,11 @@ class CompositionalEmbeddingBag(_BackendMixin, nn.Module):
             family = quotient_remainder(num_embeddings, _check_positive_int(num_collisions, "num_collisions"))
             self.num_collisions = num_collisions
         else:
+            if not isinstance(family, PartitionFamily):
+                raise TypeError(
+                    f"CompositionalEmbeddingBag: family must be a PartitionFamily, got "
+                    f"{type(family).__name__} {family!r}"
+                )
             self.num_collisions = None
         if family.n != num_embeddings:
             raise ValueError(
@@ -217,7 +253,7 @@ class CompositionalEmbeddingBag(_BackendMixin, nn.Module):
             if concat_dims is None:
                 dims = tuple(split_dim(embedding_dim, k))
             else:
-                dims = tuple(int(d) for d in concat_dims)
+                dims = tuple(_as_width(d, f"concat_dims[{i}]") for i, d in enumerate(concat_dims))
                 if len(dims) != k or any(d < 1 for d in dims) or sum(dims) != embedding_dim:
                     raise ValueError(
                         f"concat_dims={list(concat_dims)} must be {k} positive widths adding up to "
@@ -230,7 +266,7 @@ class CompositionalEmbeddingBag(_BackendMixin, nn.Module):
         self.dims = dims
         self.include_last_offset = bool(include_last_offset)
         self.sparse = bool(sparse)
-        self.max_norm = max_norm
+        self.max_norm = CF.check_max_norm(max_norm, type(self).__name__)
         self.norm_type = norm_type
         self.scale_grad_by_freq = bool(scale_grad_by_freq)
         if self.sparse and self.scale_grad_by_freq:
@@ -246,6 +282,7 @@ class CompositionalEmbeddingBag(_BackendMixin, nn.Module):
         else:
             if len(_weights) != k:
                 raise ValueError(f"_weights has {len(_weights)} tables, the family needs k={k}")
+            _check_tables(_weights, "_weights")
             for i, (w, shape) in enumerate(zip(_weights, shapes)):
                 if tuple(w.shape) != shape:
                     raise ValueError(f"_weights[{i}] has shape {tuple(w.shape)}, expected {shape}")
@@ -414,10 +451,11 @@ class QREmbeddingBag(_BackendMixin, nn.Module):
     ) -> None:
         super().__init__()
         self.num_categories = _check_positive_int(num_categories, "num_categories")
-        if isinstance(embedding_dim, int):
-            dims = [embedding_dim, embedding_dim]
+        if isinstance(embedding_dim, int) or not isinstance(embedding_dim, (list, tuple, torch.Size)):
+            width = embedding_dim if isinstance(embedding_dim, int) else _as_width(embedding_dim, "embedding_dim")
+            dims = [width, width]
         else:
-            dims = [int(d) for d in embedding_dim]
+            dims = [_as_width(d, f"embedding_dim[{i}]") for i, d in enumerate(embedding_dim)]
             if len(dims) == 1:
                 dims = dims * 2
             if len(dims) != 2:
@@ -429,7 +467,7 @@ class QREmbeddingBag(_BackendMixin, nn.Module):
         self.operation = CF.check_operation(operation)
         if operation in ("add", "mult") and dims[0] != dims[1]:
             raise ValueError(f"operation={operation!r} needs equal widths, got embedding_dim={dims}")
-        self.max_norm = max_norm
+        self.max_norm = CF.check_max_norm(max_norm, type(self).__name__)
         self.norm_type = norm_type
         self.scale_grad_by_freq = bool(scale_grad_by_freq)
         self.mode = CF.check_mode(mode)
@@ -449,6 +487,7 @@ class QREmbeddingBag(_BackendMixin, nn.Module):
         else:
             if len(_weight) != 2:
                 raise ValueError(f"_weight must be a (weight_q, weight_r) pair, got {len(_weight)} tensors")
+            _check_tables(_weight, "_weight")
             for what, w, shape in (
                 ("quotient", _weight[0], (self.num_embeddings[0], dims[0])),
                 ("remainder", _weight[1], (self.num_embeddings[1], dims[1])),
@@ -468,9 +507,15 @@ class QREmbeddingBag(_BackendMixin, nn.Module):
 
     @functools.cached_property
     def family(self) -> PartitionFamily:
-        """The partition family ``[x // m, x % m]`` (quotient first, the order of the tables)."""
+        """The partition family ``[x // m, x % m]`` (quotient first, the order of the tables).
+
+        With ``num_collisions > num_categories`` (accepted, as DLRM does: the remainder table then
+        has unused rows) the remainder is a :class:`~compemb.partitions.ResiduePartition`, whose
+        ``num_classes`` is ``n``, fewer than ``weight_r``'s rows; the codes are the same.
+        """
         n, m = self.num_categories, self.num_collisions
-        return PartitionFamily([QuotientPartition(n, m), RemainderPartition(n, m)])
+        remainder = RemainderPartition(n, m) if m <= n else ResiduePartition(n, m)
+        return PartitionFamily([QuotientPartition(n, m), remainder])
 
     def reset_parameters(self) -> None:
         """Draw both tables ``U(-a, a)``, ``a = init_bound(n, 2, operation)`` (not DLRM's init)."""

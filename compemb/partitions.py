@@ -550,7 +550,10 @@ class RemainderPartition(Partition):
         return self.m
 
     def _into(self, x, out) -> None:
-        _rem_into(x, self.m, out)
+        if self.m >= self.n:  # m == n: x itself (m = 2**63 would not fit an int64 scalar)
+            _copy_into(x, out)
+        else:
+            _rem_into(x, self.m, out)
 
     def _digit_form(self):
         return _normalise(self.n, 1, self.m)
@@ -1158,6 +1161,8 @@ class PartitionFamily(Sequence):
         elif isinstance(codes, np.ndarray):
             if codes.dtype.kind not in "iu":
                 raise TypeError(f"codes must be an integer array, got dtype {codes.dtype}")
+            if codes.dtype.kind == "u" and codes.size and int(codes.max()) > _INT64_MAX:
+                raise IndexError(f"code {int(codes.max())} is beyond the int64 range of every table size")
             c = codes.astype(np.int64)
         elif isinstance(codes, (list, tuple)):
             values = [_as_int(v, f"codes[{i}]") for i, v in enumerate(codes)]

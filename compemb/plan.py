@@ -15,6 +15,12 @@ For ``hash`` and ``qr`` a table with no more rows than ``collisions`` stays full
 would share one class), as in ``compemb.config.build_embedding_bag``.
 * ``gqr``: generalized QR, ``k`` mixed-radix digits with radices near ``rows ** (1/k)``.
 * ``crt``: Chinese remainder, ``k`` pairwise-coprime moduli near ``rows ** (1/k)``.
+* ``path``: path-based (:class:`compemb.path.PathEmbeddingBag`): a base table of
+  ``ceil(rows / collisions)`` rows and one ``dim -> hidden... -> dim`` map (``--hidden-dims``) per
+  remainder class; a table with no more rows than ``collisions`` stays full.
+* ``md``: mixed dimension (:class:`compemb.baselines.MixedDimEmbeddingBag`): widths by
+  :func:`compemb.baselines.md_dims` over all the cardinalities (``--alpha``, base width ``--dim``),
+  each table projected to ``--dim``.
 
 With ``--operation concat`` the output width stays ``--dim``: the ``k`` tables share it
 (:func:`compemb.partitions.split_dim`); with ``mult`` and ``add`` every table is ``--dim`` wide.
@@ -23,6 +29,7 @@ Example::
 
     compemb plan --criteo-kaggle --dim 16 --method qr --collisions 4 --threshold 200
     compemb plan --cardinalities sizes.txt --method crt --k 3
+    compemb plan --criteo-kaggle --method md --alpha 0.3
 """
 from __future__ import annotations
 
@@ -49,7 +56,7 @@ CRITEO_KAGGLE_CARDINALITIES: Tuple[int, ...] = (
     5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
 )
 
-METHODS = ("full", "hash", "qr", "gqr", "crt")
+METHODS = ("full", "hash", "qr", "gqr", "crt", "path", "md")
 
 
 @dataclass(frozen=True)
@@ -66,8 +73,12 @@ class TablePlan:
 
 
 def plan_table(name: str, rows: int, dim: int, method: str, num_collisions: int = 4, k: int = 2,
-               threshold: int = 0, operation: str = "mult") -> TablePlan:
+               threshold: int = 0, operation: str = "mult", hidden_dims: Sequence[int] = (),
+               md_dim: Optional[int] = None) -> TablePlan:
     """Plan one table; tables with ``rows <= threshold`` stay full.
+
+    ``hidden_dims`` is for ``path`` (the per-class MLP's hidden sizes), ``md_dim`` for ``md`` (this
+    table's width, e.g. from :func:`compemb.baselines.md_dims`; default ``dim``).
 
     Example::
 
@@ -81,7 +92,7 @@ def plan_table(name: str, rows: int, dim: int, method: str, num_collisions: int 
     applied = method
     if method == "full" or rows <= threshold:
         family, applied = naive(rows), "full"
-    elif method in ("hash", "qr") and num_collisions >= rows:
+    elif method in ("hash", "qr", "path") and num_collisions >= rows:
         # one class for everything: nothing to gain (the modules fall back to a full table too)
         family, applied, note = naive(rows), "full", f"collisions {num_collisions} >= rows"
     elif method == "hash":
@@ -90,6 +101,22 @@ def plan_table(name: str, rows: int, dim: int, method: str, num_collisions: int 
         family = quotient_remainder(rows, num_collisions)
     elif method == "gqr":
         family = generalized_qr(rows, k=k)
+    elif method == "path":
+        # PathEmbeddingBag's default family: the quotient indexes the base table, the remainder
+        # picks one map per class (weights in*out per layer, biases for an MLP)
+        qr = quotient_remainder(rows, num_collisions)
+        family = PartitionFamily([qr[1], qr[0]])
+        dims = (dim,) + tuple(hidden_dims) + (dim,)
+        per_class = sum(a * b for a, b in zip(dims[:-1], dims[1:])) + (sum(dims[1:]) if hidden_dims else 0)
+        after = family.table_sizes[0] * dim + family.table_sizes[1] * per_class
+        return TablePlan(name, rows, applied, family, before, after, note)
+    elif method == "md":
+        width = dim if md_dim is None else md_dim
+        if not 1 <= width <= dim:
+            raise ValueError(f"md_dim must lie in [1, dim={dim}], got {md_dim!r}")
+        family = naive(rows)
+        after = rows * width + (dim * width if width < dim else 0)
+        return TablePlan(name, rows, applied, family, before, after, f"dim {width}")
     else:
         family = chinese_remainder(rows, k=k)
     op = operation if family.k > 1 else "mult"  # one table: the operation is irrelevant
@@ -142,6 +169,10 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="compress only tables with more rows than this (default 200, as DLRM)")
     parser.add_argument("--operation", choices=OPERATIONS, default="mult",
                         help="how the tables' rows combine (default mult)")
+    parser.add_argument("--hidden-dims", default="", metavar="H1,H2,...",
+                        help="path: hidden sizes of each per-class MLP (default none: linear maps)")
+    parser.add_argument("--alpha", type=float, default=0.3,
+                        help="md: temperature of the power rule (default 0.3)")
     return parser
 
 
@@ -154,6 +185,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
     if args.threshold < 0:
         parser.error(f"--threshold must be non-negative, got {args.threshold}")
+    hidden = []
+    for token in filter(None, (t.strip() for t in args.hidden_dims.split(","))):
+        if not re.fullmatch(r"\d+", token) or int(token) <= 0:
+            parser.error(f"--hidden-dims must be positive integers, got {token!r}")
+        hidden.append(int(token))
+    if not (args.alpha >= 0 and args.alpha != float("inf")):
+        parser.error(f"--alpha must be a finite number >= 0, got {args.alpha}")
     if args.operation == "concat" and args.method in ("qr", "gqr", "crt"):
         parts = 2 if args.method == "qr" else args.k
         if args.dim < parts:
@@ -168,14 +206,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(str(e))
         source = f"{args.cardinalities} ({len(cards)} features)"
 
+    md = [None] * len(cards)
+    if args.method == "md":
+        from compemb.baselines import md_dims
+
+        md = md_dims(cards, args.alpha, args.dim)
     plans = [
         plan_table(f"C{i + 1}", rows, args.dim, args.method, args.collisions, args.k,
-                   args.threshold, args.operation)
+                   args.threshold, args.operation, hidden, md[i])
         for i, rows in enumerate(cards)
     ]
 
     options = {"qr": f"collisions={args.collisions}", "hash": f"collisions={args.collisions}",
-               "gqr": f"k={args.k}", "crt": f"k={args.k}", "full": ""}[args.method]
+               "gqr": f"k={args.k}", "crt": f"k={args.k}", "full": "",
+               "path": f"collisions={args.collisions} hidden_dims={tuple(hidden)}",
+               "md": f"alpha={args.alpha}"}[args.method]
     print(f"compemb plan: {source}; dim={args.dim}; method={args.method} {options}; "
           f"threshold={args.threshold}; operation={args.operation}")
     header = ("feature", "rows", "method", "classes per partition", "params before", "params after")

@@ -132,10 +132,12 @@ class QuantizedEmbeddingBag(nn.Module):
         )
         codes = self._encode(flat.cpu())
         full_offsets = full_offsets.cpu()
+        if psw is not None:  # the dequantized tables are float32, whatever the exported ones were
+            psw = psw.float().cpu()
         k = codes.shape[0]
         if self.pooled:
             idx, off = tbe_inputs(codes, full_offsets)
-            w = psw.float().repeat(k) if psw is not None else None
+            w = psw.repeat(k) if psw is not None else None
             pooled = self.tbes[0](idx.int(), off.int(), w)
             if self.padded_widths != self.widths:
                 parts = torch.split(pooled, list(self.padded_widths), dim=1)

@@ -255,3 +255,68 @@ def test_all_bags_empty_give_zeros(mode):
         out = bag(torch.zeros(0, dtype=torch.long), torch.tensor([0, 0]))
         assert out.shape == (2, 4) and not out.any()
         out.sum().backward()
+
+
+def test_hash_and_mixed_dim_from_pretrained():
+    table = torch.randn(7, 3, dtype=torch.float64)
+    bag = HashEmbeddingBag.from_pretrained(table, num_embeddings=30, mode="sum")
+    assert bag.num_buckets == 7 and bag.weight is not None and not bag.weight.requires_grad
+    x = torch.tensor([[3, 29], [0, 14]])
+    want = table[x % 7].sum(1)
+    torch.testing.assert_close(bag(x), want)
+    uni = HashEmbeddingBag.from_pretrained(table, num_embeddings=30, hash="universal", seed=3, freeze=False)
+    assert uni.weight.requires_grad
+    torch.testing.assert_close(uni(x), table[uni.buckets(x)].mean(1))
+    with pytest.raises(ValueError, match="2-D"):
+        HashEmbeddingBag.from_pretrained(torch.randn(7), num_embeddings=30)
+
+    weight, proj = torch.randn(30, 2, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    md = MixedDimEmbeddingBag.from_pretrained(weight, proj, mode="sum")
+    assert (md.num_embeddings, md.embedding_dim, md.md_dim) == (30, 5, 2)
+    torch.testing.assert_close(md(x), weight[x].sum(1) @ proj.t())
+    plain = MixedDimEmbeddingBag.from_pretrained(weight, freeze=False)
+    assert plain.projection is None and plain.embedding_dim == 2 and plain.weight.requires_grad
+    with pytest.raises(ValueError, match=r"projection.*\(5, 3\)"):
+        MixedDimEmbeddingBag.from_pretrained(weight, torch.randn(5, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mixed_dim_honours_half_precision_dtypes(dtype):
+    # nn.init.orthogonal_ has no CPU QR for half types: the projection used to fail to initialise
+    bag = MixedDimEmbeddingBag(50, 8, md_dim=2, mode="sum", dtype=dtype)
+    assert bag.weight.dtype == dtype and bag.projection.dtype == dtype
+    gram = bag.projection.float().t() @ bag.projection.float()
+    torch.testing.assert_close(gram, torch.eye(2) * 4.0, rtol=0, atol=0.05)  # orthogonal columns, gain^2 = 8/2
+    assert bag(torch.tensor([[1, 49]])).dtype == dtype
+
+
+def test_hash_seed_is_validated_for_every_hash():
+    with pytest.raises(TypeError, match="seed"):
+        HashEmbeddingBag(10, 4, num_buckets=3, seed="a")
+
+
+@pytest.mark.parametrize("kind", ["hash", "md", "md_full_width"])
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_scale_grad_by_freq_divides_by_the_row_count(kind, mode):
+    # F.embedding_bag miscounts (torch 2.13 CPU: rows 1 and 2 of [0, 0, 1, 2, 0, 3] in one-index
+    # bags get a third of their gradient); the baselines must divide by the true count, as
+    # F.embedding and the compositional modules do
+    gen = torch.Generator().manual_seed(3)
+    make = {"hash": lambda s: HashEmbeddingBag(40, 3, num_buckets=4, mode=mode, scale_grad_by_freq=s,
+                                               dtype=torch.float64),
+            "md": lambda s: MixedDimEmbeddingBag(40, 3, md_dim=2, mode=mode, scale_grad_by_freq=s, dtype=torch.float64),
+            "md_full_width": lambda s: MixedDimEmbeddingBag(40, 3, mode=mode, scale_grad_by_freq=s,
+                                                            dtype=torch.float64)}[kind]
+    plain, scaled = make(False), make(True)
+    scaled.load_state_dict(plain.state_dict())
+    x = torch.tensor([0, 0, 1, 2, 0, 3, 6, 6])
+    rows = x % 4 if kind == "hash" else x
+    for offsets in (torch.arange(8), torch.tensor([0, 3, 3, 5])):
+        for bag in (plain, scaled):
+            bag.zero_grad()
+        out = plain(x, offsets)
+        g = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+        out.backward(g)
+        scaled(x, offsets).backward(g)
+        counts = torch.bincount(rows, minlength=plain.weight.shape[0]).clamp(min=1).double().unsqueeze(1)
+        torch.testing.assert_close(scaled.weight.grad, plain.weight.grad / counts)

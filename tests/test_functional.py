@@ -629,3 +629,28 @@ def test_scale_grad_by_freq_divides_by_the_code_count(operation, mode, compose):
         for i in range(2):
             counts = torch.bincount(codes[i], minlength=base[i].shape[0]).clamp(min=1).double().unsqueeze(1)
             torch.testing.assert_close(scaled[i].grad, plain[i].grad / counts)
+
+
+def test_training_after_an_evaluation_under_inference_mode():
+    # the shared offsets cache used to hold inference tensors after a forward under
+    # torch.inference_mode(), and every later training step on the same shapes failed with
+    # "Inference tensors cannot be saved for backward"
+    from compemb.baselines import HashEmbeddingBag, MixedDimEmbeddingBag
+    from compemb.modules import CompositionalEmbeddingBag, QREmbeddingBag
+    from compemb.path import PathEmbeddingBag
+
+    gen = torch.Generator().manual_seed(0)
+    inputs = [(torch.randint(0, 90, (7, 3), generator=gen),),
+              (torch.randint(0, 90, (5,), generator=gen), torch.arange(5))]
+    for make in (lambda: CompositionalEmbeddingBag(90, 4, mode="sum"), lambda: QREmbeddingBag(90, 4, 4, mode="max"),
+                 lambda: PathEmbeddingBag(90, 4), lambda: HashEmbeddingBag(90, 4, num_buckets=7),
+                 lambda: MixedDimEmbeddingBag(90, 4, md_dim=2)):
+        for args in inputs:
+            CF._OFFSETS_CACHE.clear()
+            bag = make()
+            with torch.inference_mode():
+                evaluated = bag(*args)
+            out = bag(*args)
+            out.sum().backward()
+            torch.testing.assert_close(out.detach(), evaluated)
+            assert all(p.grad is not None for p in bag.parameters())

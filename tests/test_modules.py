@@ -588,3 +588,141 @@ def test_forward_validates_once_and_needs_no_other_sync(kind, monkeypatch):
             assert len(fetches) == 1, (mode, compose, args)
     with pytest.raises(IndexError, match=r"index 30 .*num_embeddings=30"):
         bag(torch.tensor([1, 30]), torch.arange(2))  # the one-hot shortcut still checks the range
+
+
+# ----------------------------------------------------------------------------------------------
+# review: validation gaps found by probing (each was silently accepted or failed obscurely)
+
+
+def _all_module_kinds(**kwargs):
+    from compemb.baselines import HashEmbeddingBag, MixedDimEmbeddingBag
+    from compemb.path import PathEmbeddingBag
+
+    mods = [CompositionalEmbeddingBag(30, 4, family=generalized_qr(30, k=3), operation=op, compose=c, **kwargs)
+            for op in OPS for c in COMPOSES]
+    mods += [QREmbeddingBag(30, 4, 4, operation=op, compose=c, **kwargs) for op in OPS for c in COMPOSES]
+    mods += [PathEmbeddingBag(30, 4, num_collisions=4, **kwargs), HashEmbeddingBag(30, 4, num_buckets=7, **kwargs),
+             MixedDimEmbeddingBag(30, 4, md_dim=2, **kwargs)]
+    return mods
+
+
+@pytest.mark.parametrize("form", ["one_hot", "bags", "2d"])
+def test_per_sample_weights_of_another_dtype_than_the_tables_is_refused(form):
+    # nn.EmbeddingBag refuses it; before the fix one path (mult, one-hot bags) silently cast
+    # and every other path failed deep inside torch.embedding_bag
+    x = {"one_hot": (torch.tensor([1, 2, 3]), torch.tensor([0, 1, 2])),
+         "bags": (torch.tensor([1, 2, 3]), torch.tensor([0, 1])),
+         "2d": (torch.tensor([[1, 2], [3, 4]]), None)}[form]
+    for bag in _all_module_kinds(mode="sum"):
+        psw = torch.ones(x[0].shape, dtype=torch.float64)
+        with pytest.raises(TypeError, match=rf"{type(bag).__name__}: per_sample_weights .*float64.*float32"):
+            bag(*x, per_sample_weights=psw)
+        assert bag(*x, per_sample_weights=psw.float()).dtype == torch.float32
+
+    # the kernel contract takes float weights of any dtype (the reference casts them; it crashed)
+    w = [torch.randn(4, 3), torch.randn(3, 3)]
+    codes, psw = torch.tensor([[0, 1, 3], [2, 2, 0]]), torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64)
+    for op, compose, offsets in itertools.product(OPS, COMPOSES, [torch.tensor([0, 2, 3]), torch.tensor([0, 1, 2, 3])]):
+        got = CF.embedding_bag_codes(codes, offsets, w, op, "sum", compose, psw)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, CF.embedding_bag_codes(codes, offsets, w, op, "sum", compose, psw.float()))
+    with pytest.raises(TypeError, match="floating point"):
+        CF.embedding_bag_codes(codes, torch.tensor([0, 3]), w, "add", "sum", "after_pool", torch.ones(3, dtype=torch.long))
+
+
+def test_non_integer_widths_are_refused_not_truncated():
+    with pytest.raises(TypeError, match=r"concat_dims\[0\].*2\.7"):
+        CompositionalEmbeddingBag(100, 8, family=generalized_qr(100, k=2), operation="concat", concat_dims=[2.7, 6.2])
+    with pytest.raises(TypeError, match=r"embedding_dim.*16\.5"):
+        QREmbeddingBag(100, [16.5, 16.5], 4)
+    with pytest.raises(TypeError, match=r"embedding_dim.*16\.0"):
+        QREmbeddingBag(100, 16.0, 4)
+    # integer-valued numpy / torch widths are fine
+    import numpy as np
+
+    bag = CompositionalEmbeddingBag(100, 8, family=generalized_qr(100, k=2), operation="concat",
+                                    concat_dims=[np.int64(3), torch.tensor(5)])
+    assert bag.dims == (3, 5)
+    assert QREmbeddingBag(100, np.int64(6), 4).embedding_dim == [6, 6]
+
+
+def test_family_must_be_a_partition_family():
+    with pytest.raises(TypeError, match="PartitionFamily.*list"):
+        CompositionalEmbeddingBag(10, 4, family=[RemainderPartition(10, 3)])
+
+
+def test_tables_of_mixed_dtypes_are_refused():
+    fam = quotient_remainder(10, 4)
+    with pytest.raises(ValueError, match=r"float32.*float64"):
+        CompositionalEmbeddingBag.from_pretrained([torch.randn(4, 3), torch.randn(3, 3, dtype=torch.float64)], fam)
+    with pytest.raises(ValueError, match=r"float32.*float64"):
+        QREmbeddingBag(10, 3, 4, _weight=(torch.randn(3, 3), torch.randn(4, 3, dtype=torch.float64)))
+    with pytest.raises(TypeError, match="floating"):
+        CompositionalEmbeddingBag.from_pretrained([torch.ones(4, 3, dtype=torch.long)] * 2, fam)
+
+
+@pytest.mark.parametrize("max_norm, error", [(-1.0, ValueError), (0.0, ValueError), ("a", TypeError),
+                                             (float("nan"), ValueError)])
+def test_max_norm_must_be_a_positive_number(max_norm, error):
+    from compemb.baselines import HashEmbeddingBag, MixedDimEmbeddingBag
+
+    for make in (lambda: CompositionalEmbeddingBag(30, 4, max_norm=max_norm),
+                 lambda: QREmbeddingBag(30, 4, 4, max_norm=max_norm),
+                 lambda: HashEmbeddingBag(30, 4, num_buckets=7, max_norm=max_norm),
+                 lambda: MixedDimEmbeddingBag(30, 4, md_dim=2, max_norm=max_norm)):
+        with pytest.raises(error, match="max_norm"):
+            make()
+
+
+def test_qr_family_when_num_collisions_exceeds_n():
+    # DLRM's module accepts m > n (a remainder table with unused rows), and so does ours; its
+    # family used to raise instead of giving the codes forward uses
+    bag = QREmbeddingBag(5, 4, 10, mode="sum")
+    x = torch.arange(5)
+    assert bag.family.encode(x).tolist() == bag.encode(x).tolist() == [[0] * 5, list(range(5))]
+    assert bag.family.is_complementary()
+    assert bag(x.view(5, 1)).shape == (5, 4)
+
+
+@st.composite
+def random_family_problems(draw):
+    """Families the fixed-kind strategy above never builds: random radices and (not necessarily
+    coprime) moduli, hash partitions with allow_collisions, n = 1; int32 indices, and indices
+    after the last offset (dropped with include_last_offset)."""
+    n = draw(st.integers(1, 50))
+    kind = draw(st.sampled_from(["gqr", "crt", "hash"]))
+    if kind == "gqr":
+        family = generalized_qr(n, radices=draw(st.lists(st.integers(1, 8), min_size=1, max_size=4)), check=False)
+    elif kind == "crt":
+        family = chinese_remainder(n, moduli=draw(st.lists(st.integers(1, 12), min_size=1, max_size=4)), check=False)
+    else:
+        family = PartitionFamily([HashPartition(n, draw(st.integers(1, 8)), seed=s) for s in range(draw(st.integers(1, 3)))])
+    operation = draw(st.sampled_from(OPS))
+    dim = draw(st.integers(family.k if operation == "concat" else 1, 6))
+    mode, compose = draw(st.sampled_from(MODES)), draw(st.sampled_from(COMPOSES))
+    lengths = draw(st.lists(st.integers(0, 5), max_size=5))
+    trailing = draw(st.integers(0, 2))
+    use_psw = mode == "sum" and draw(st.booleans())
+    return family, operation, dim, mode, compose, lengths, trailing, use_psw, draw(st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(random_family_problems())
+def test_random_families_with_int32_input_equal_naive_loop(problem):
+    family, operation, dim, mode, compose, lengths, trailing, use_psw, seed = problem
+    gen = torch.Generator().manual_seed(seed)
+    bag = CompositionalEmbeddingBag(family.n, dim, family=family, operation=operation, mode=mode, compose=compose,
+                                    include_last_offset=True, allow_collisions=True, dtype=torch.float64)
+    with torch.no_grad():
+        for w in bag.weights:
+            w.copy_(torch.randn(w.shape, generator=gen, dtype=torch.float64))
+    bags = [torch.randint(0, family.n, (length,), generator=gen).tolist() for length in lengths]
+    psw = [torch.randn(len(b), generator=gen, dtype=torch.float64).tolist() for b in bags] if use_psw else None
+    flat = [x for b in bags for x in b] + torch.randint(0, family.n, (trailing,), generator=gen).tolist()
+    starts = list(itertools.accumulate([0] + lengths))
+    flat_psw = None
+    if use_psw:
+        flat_psw = torch.tensor([s for p in psw for s in p] + [1.0] * trailing, dtype=torch.float64)
+    out = bag(torch.tensor(flat, dtype=torch.int32), torch.tensor(starts, dtype=torch.int32), flat_psw)
+    codes_of = lambda x: [int(p(torch.tensor([x]))[0]) for p in family]  # noqa: E731
+    torch.testing.assert_close(out, naive_module_output(list(bag.weights), codes_of, bags, operation, mode, compose, psw))

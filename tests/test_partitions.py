@@ -493,3 +493,23 @@ def test_docstring_examples():
 
     result = doctest.testmod(P, extraglobs={"torch": torch}, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 10 and result.failed == 0
+
+
+def test_remainder_with_modulus_at_the_int64_limit():
+    # m = n = 2**63 does not fit an int64 scalar: x mod m is x itself, never a wrapped value
+    n = 2**63
+    x = [0, 5, 2**62, n - 1]
+    part = RemainderPartition(n, n)
+    assert part(torch.tensor(x)).tolist() == x
+    assert part(np.array(x, dtype=np.int64)).tolist() == x
+    assert part(n - 1) == n - 1
+    family = quotient_remainder(n, n)
+    codes = family.encode(torch.tensor(x))
+    assert codes.tolist() == [x, [0] * len(x)]
+    assert family.decode(codes).tolist() == x
+
+
+def test_decode_names_unsigned_codes_beyond_int64_unwrapped():
+    family = naive(10)
+    with pytest.raises(IndexError, match=str(2**64 - 1)):
+        family.decode(np.array([[2**64 - 1]], dtype=np.uint64))

@@ -169,3 +169,31 @@ def test_docstring_examples():
 
     result = doctest.testmod(plan)
     assert result.attempted >= 1 and result.failed == 0
+
+
+def test_path_and_md_plans_match_the_modules_config_builds(capsys, tmp_path):
+    # config.METHODS has path and md; the plan used to refuse them
+    from compemb.baselines import MixedDimEmbeddingBag, md_dims
+    from compemb.config import num_parameters
+    from compemb.path import PathEmbeddingBag
+
+    cards = [50, 1000, 123457]
+    path = tmp_path / "cards.txt"
+    path.write_text("\n".join(map(str, cards)))
+    rows, total, _, _ = run_plan(capsys, "--cardinalities", str(path), "--method", "path", "--collisions", "8",
+                                 "--hidden-dims", "4,3", "--threshold", "100", "--dim", "8")
+    assert rows[0]["after"] == 50 * 8 and rows[0]["method"] == "full"
+    for r, n in zip(rows[1:], cards[1:]):
+        built = PathEmbeddingBag(n, 8, num_collisions=8, hidden_dims=(4, 3))
+        assert r["classes"] == list(built.family.table_sizes) == [ceil_div(n, 8), 8]
+        assert r["after"] == num_parameters(built) and r["method"] == "path"
+    rows, total, _, _ = run_plan(capsys, "--cardinalities", str(path), "--method", "md", "--alpha", "0.5",
+                                 "--threshold", "100", "--dim", "16")
+    dims = md_dims(cards, 0.5, 16)
+    assert rows[0]["after"] == 50 * 16
+    for r, n, d in zip(rows[1:], cards[1:], dims[1:]):
+        assert r["after"] == num_parameters(MixedDimEmbeddingBag(n, 16, md_dim=d)) and f"dim {d}" in r["method"]
+    assert _int(total[-1]) == sum(r["after"] for r in rows)
+    with pytest.raises(SystemExit):
+        plan.main(["--criteo-kaggle", "--method", "md", "--alpha", "-1"])
+    assert "--alpha" in capsys.readouterr().err

@@ -95,3 +95,17 @@ def test_quantize_refuses_by_name():
         quantize(torch.nn.Linear(3, 4))
     with pytest.raises(ValueError, match="max_norm"):
         quantize(torch.nn.EmbeddingBag(10, 4, max_norm=1.0))
+
+
+@pytest.mark.parametrize("compose", ["before_pool", "after_pool"])
+def test_per_sample_weights_of_any_float_dtype_on_every_path(compose):
+    # the output is float32 whatever the tables were; the pooled path took float64 weights and
+    # the unpooled one (mult before pooling) refused them
+    bag = QREmbeddingBag(50, 4, num_collisions=4, mode="sum", compose=compose)
+    q = quantize(bag, bits=8)
+    x, offsets = torch.tensor([1, 2, 49]), torch.tensor([0, 1])
+    psw = torch.tensor([0.5, 2.0, -1.0], dtype=torch.float64)
+    got = q(x, offsets, psw)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, q(x, offsets, psw.float()), rtol=0, atol=0)
+    torch.testing.assert_close(got, bag(x, offsets, psw.float()).detach(), rtol=0.05, atol=1e-2)
