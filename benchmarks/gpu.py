@@ -18,7 +18,9 @@ Run on one CUDA GPU from the repository root (about 1.5 minutes; ``--full`` for 
    collisions, mult composed per index) on torch and on per-table Triton; compemb QR on the
    table-batched Triton kernel (one launch for all features, ``validate=False``; backward with
    dense gradients and with the fused exact SGD; the forward with ``validate=True`` on a line
-   of its own); the table-batched Triton kernel over the full tables with fused exact SGD (the
+   of its own); the same Triton rows with the old backward ("no pre-reduce": one atomic per
+   index on the small tables too, and accumulate-then-apply for the fused SGD), an A/B of the
+   backward's per-program pre-reduction in one run; the table-batched Triton kernel over the full tables with fused exact SGD (the
    analogue of FBGEMM TBE over full tables); FBGEMM TBE over the full tables and compemb QR on
    FBGEMM when ``fbgemm_gpu`` imports (else the rows say why they are skipped).
 3. A ratio table against the full ``nn.EmbeddingBag`` and against the two-pooled-bags
@@ -50,6 +52,7 @@ try:
     import triton  # noqa: E402
     from compemb.kernels._triton import triton_embedding_bag  # noqa: E402
     from compemb.kernels._triton_tbe import tbe_embedding_bags, tbe_layout  # noqa: E402
+    from compemb.kernels import _triton as triton_module, _triton_tbe as tbe_module  # noqa: E402
     TRITON_ERROR = None
 except Exception as exc:  # pragma: no cover - reported in the table
     triton_embedding_bag = None
@@ -233,6 +236,19 @@ def run_collection(w, coll):
     return coll([(x, w.offsets) for x in w.inputs], concat=True)
 
 
+def without_pre_reduce(fn):
+    """``fn`` with the old backward: one atomic per index for every table, also the small ones
+    (and, for the TBE's fused SGD with mult, accumulate-then-apply over every component)."""
+    def run():
+        saved = tbe_module.PRE_REDUCE_SMALL, triton_module.PRE_REDUCE_SMALL
+        tbe_module.PRE_REDUCE_SMALL = triton_module.PRE_REDUCE_SMALL = False
+        try:
+            return fn()
+        finally:
+            tbe_module.PRE_REDUCE_SMALL, triton_module.PRE_REDUCE_SMALL = saved
+    return run
+
+
 def fwd_bwd(run, *args):
     outs = run(*args)
     if isinstance(outs, torch.Tensor):
@@ -295,13 +311,21 @@ def check_tbe(device, sizes, d, B, gen):
         got = tbe.forward(kjt, validate=True)
         want = torch.cat(run_compemb_torch(w, qr), dim=1)
         g = torch.randn_like(want)
-        (gg,) = torch.autograd.grad(got, tbe.weight, g)
         params = [t for tq, tr in qr for t in (tr, tq)]  # the flat buffer's order
         gw = torch.cat([x.reshape(-1) for x in torch.autograd.grad(want, params, g)])
-        tbe.forward_sgd(kjt).backward(g)
-        step = tbe.sgd_weight - tbe.weight.detach()
-        fwd_err, bwd_err, sgd_err = rel_err(got, want), rel_err(gg, gw), rel_err(step, -lr * gw)
-        scratch_zero = bool((tbe.scratch == 0).all())
+        errs = {}
+        for label, wrap in (("pre-reduced", lambda f: f), ("per-index atomics", without_pre_reduce)):
+            def dense_and_sgd():
+                (gg,) = torch.autograd.grad(tbe.forward(kjt), tbe.weight, g)
+                tbe.sgd_weight = tbe.weight.detach().clone()
+                tbe.forward_sgd(kjt).backward(g)
+                return gg, tbe.sgd_weight - tbe.weight.detach()
+            gg, step = wrap(dense_and_sgd)()
+            errs[label] = (rel_err(gg, gw), rel_err(step, -lr * gw), bool((tbe.scratch == 0).all()))
+        bwd_err = max(e[0] for e in errs.values())
+        sgd_err = max(e[1] for e in errs.values())
+        scratch_zero = all(e[2] for e in errs.values())
+        fwd_err = rel_err(got, want)
         ok = fwd_err < 1e-5 and bwd_err < 1e-4 and sgd_err < 1e-4 and scratch_zero
         raised = "n/a"
         if L == 1:  # an out-of-range index is reported with its feature, value and n
@@ -317,8 +341,8 @@ def check_tbe(device, sizes, d, B, gen):
                 ok &= raised == "raised"
         ok_all &= ok
         say(f"  {L:>2}-hot, {len(sizes)} features: forward max rel err {fwd_err:.2e}, dense gradient {bwd_err:.2e}, "
-            f"fused SGD step {sgd_err:.2e}, scratch left zero {scratch_zero}, validation error {raised}  "
-            f"{'PASS' if ok else 'FAIL'}")
+            f"fused SGD step {sgd_err:.2e} (worst of pre-reduced and per-index-atomic backward), "
+            f"scratch left zero {scratch_zero}, validation error {raised}  {'PASS' if ok else 'FAIL'}")
         del qr, w, tbe
     return ok_all
 
@@ -376,14 +400,18 @@ def main(argv=None):
         ("DLRM QR (2 pooled bags)", 2),
         ("compemb QR torch", 2),
         ("compemb QR triton", 2),
+        ("compemb QR triton, no pre-reduce", 2),
         ("QR triton TBE", 2),
+        ("QR triton TBE (no pre-reduce)", 2),
         ("QR triton TBE + SGD", 2),
+        ("QR TBE + SGD (no pre-reduce)", 2),
         ("QR TBE validate=True", 2),
         ("full triton TBE + SGD", 1),
+        ("full TBE + SGD (no pre-reduce)", 1),
         ("FBGEMM TBE full", 1),
         ("compemb QR fbgemm", 2),
     ]
-    header = (f"| {'d':>3} | {'batch':>6} | {'hot':>3} | {'method':<24} | {'fwd ms':>8} | {'fwd+bwd ms':>10} | "
+    header = (f"| {'d':>3} | {'batch':>6} | {'hot':>3} | {'method':<32} | {'fwd ms':>8} | {'fwd+bwd ms':>10} | "
               f"{'fwd x full':>10} | {'fwd x DLRM-QR':>13} | {'f+b x full':>10} | {'fwd GB/s':>8} | {'% copy':>6} |")
     say(header)
     say("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
@@ -420,10 +448,23 @@ def main(argv=None):
             "DLRM QR (2 pooled bags)": (lambda: run_dlrm_qr(w, qr), None, qr_params),
             "compemb QR torch": (lambda: run_compemb_torch(w, qr), None, qr_params),
             "compemb QR triton": (lambda: run_compemb_triton(w, qr), None, qr_params),
+            # A/B of the backward: the same kernels with one atomic per index on the small tables too
+            "compemb QR triton, no pre-reduce": (lambda: run_compemb_triton(w, qr),
+                                                 without_pre_reduce(lambda: fwd_bwd(run_compemb_triton, w, qr)),
+                                                 qr_params),
             "QR triton TBE": (lambda: tbe.forward(kjt), None, [tbe.weight]),
+            "QR triton TBE (no pre-reduce)": (lambda: tbe.forward(kjt),
+                                              without_pre_reduce(lambda: fwd_bwd(lambda: tbe.forward(kjt))),
+                                              [tbe.weight]),
             "QR triton TBE + SGD": (lambda: tbe.forward_sgd(kjt), None, None),
+            "QR TBE + SGD (no pre-reduce)": (lambda: tbe.forward_sgd(kjt),
+                                             without_pre_reduce(lambda: fwd_bwd(lambda: tbe.forward_sgd(kjt))), None),
             "QR TBE validate=True": (lambda: tbe.forward(kjt, validate=True), "skip", None),
             "full triton TBE + SGD": (lambda: tbe_full.forward_sgd(kjt), None, None),
+            # the full tables of 3, 4, 10 and 15 rows are pre-reduced too (SMALL_ROWS = 16)
+            "full TBE + SGD (no pre-reduce)": (lambda: tbe_full.forward_sgd(kjt),
+                                               without_pre_reduce(lambda: fwd_bwd(lambda: tbe_full.forward_sgd(kjt))),
+                                               None),
         }
         if colls is not None:  # fused exact SGD: forward+backward includes the update
             runners["FBGEMM TBE full"] = (lambda: run_collection(w, colls[0]), None, None)
@@ -452,13 +493,13 @@ def main(argv=None):
         for label, _ in methods:
             r = rows[label]
             if r is None:
-                say(f"| {d:>3} | {B:>6} | {L:>3} | {label:<24} | skipped: {fb}")
+                say(f"| {d:>3} | {B:>6} | {L:>3} | {label:<32} | skipped: {fb}")
                 continue
             if isinstance(r, str):
-                say(f"| {d:>3} | {B:>6} | {L:>3} | {label:<24} | {r}")
+                say(f"| {d:>3} | {B:>6} | {L:>3} | {label:<32} | {r}")
                 continue
             f_ms, fb_ms, gbs = r
-            say(f"| {d:>3} | {B:>6} | {L:>3} | {label:<24} | {f_ms:8.3f} | {fb_ms:10.3f} | "
+            say(f"| {d:>3} | {B:>6} | {L:>3} | {label:<32} | {f_ms:8.3f} | {fb_ms:10.3f} | "
                 f"{base_f / f_ms:10.2f} | {dlrm_f / f_ms:13.2f} | {base_fb / fb_ms:10.2f} | "
                 f"{gbs:8.0f} | {100 * gbs / bw:5.0f}% |")
         del w, kjt
@@ -518,6 +559,20 @@ def main(argv=None):
         if full_sgd:
             parts.append(f"{full_sgd[1] / step:.2f}x full nn.EmbeddingBag + sparse SGD step")
         say(f"  {label}, d={d} B={B} {L}-hot: " + "; ".join(parts))
+    say("")
+    say("## backward A/B: per-program pre-reduction of the small tables vs one atomic per index (fwd+bwd ms)")
+    for d, B, L in configs:
+        parts = []
+        for new_label, old_label in (("compemb QR triton", "compemb QR triton, no pre-reduce"),
+                                     ("QR triton TBE", "QR triton TBE (no pre-reduce)"),
+                                     ("QR triton TBE + SGD", "QR TBE + SGD (no pre-reduce)"),
+                                     ("full triton TBE + SGD", "full TBE + SGD (no pre-reduce)")):
+            a, b = results.get((d, B, L, new_label)), results.get((d, B, L, old_label))
+            if a and b:
+                parts.append(f"{new_label}: {b[1]:.3f} ms per-index atomics, {a[1]:.3f} ms pre-reduced "
+                             f"(speed-up {b[1] / a[1]:.2f}x)")
+        if parts:
+            say(f"  d={d} B={B} {L}-hot: " + "; ".join(parts))
     say("")
     say("ratios are speed-ups (baseline ms / method ms): > 1 means faster than the baseline.")
     say("useful traffic = rows read (k rows per index) + output written; full tables: 1 row per index.")

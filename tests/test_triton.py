@@ -3,6 +3,7 @@
 Runs on CPU under ``TRITON_INTERPRET=1``, which must be set before triton is imported.
 """
 import os
+import zlib
 
 # Stays set for the whole session: Triton reads it lazily, not only at import. Under the
 # interpreter the backend has priority -10, so "auto" in other tests keeps the torch reference.
@@ -94,6 +95,40 @@ def test_half_precision_forward(dtype, tol, data):
     p32 = dict(p, weights=[w.detach().float() for w in p["weights"]])
     ref = reference_embedding_bag(**p32)
     torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("pre_reduce", [True, False], ids=["pre_reduce", "per_index_atomics"])
+@pytest.mark.parametrize("operation, compose, mode", [("mult", "before_pool", "sum"), ("mult", "after_pool", "mean"),
+                                                      ("add", "before_pool", "max"), ("concat", "before_pool", "sum")])
+def test_small_and_large_tables_with_many_bags_on_few_rows(operation, compose, mode, pre_reduce, monkeypatch):
+    # tables of 40 and 17 rows (one atomic per index) and of 4 and 16 rows (pre-reduced per bag
+    # when SMALL_ROWS = 16); every index of every bag is one of three values, so all bags hit the
+    # same rows, with repeats inside a bag
+    monkeypatch.setattr(_triton, "PRE_REDUCE_SMALL", pre_reduce)
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{operation} {compose} {mode}".encode()))
+    rows = [40, 4, 17, 16]
+    dims = [3, 4, 2, 5] if operation == "concat" else [6] * 4
+    weights = [torch.randn(r, d, generator=gen).requires_grad_() for r, d in zip(rows, dims)]
+    assert _triton._small_tables(weights, False) == ((0b1010, 16) if pre_reduce else (0, 1))
+    lengths = torch.randint(0, 5 if mode == "max" else 9, (10,), generator=gen)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    n = int(offsets[-1])
+    pool = torch.tensor([3, 18, 39])
+    x = pool[torch.randint(0, 3, (n,), generator=gen)]
+    codes = torch.stack([x % r for r in rows])
+    if mode == "max":  # no ties (see test_max_with_a_repeated_index_matches_torch_embedding_bag)
+        codes = torch.stack([torch.cat([torch.randperm(r, generator=gen)[:int(L)] for L in lengths]) for r in rows])
+    psw = torch.rand(n, generator=gen).requires_grad_() if mode == "sum" else None
+    p = dict(codes=codes, offsets=offsets, weights=weights, operation=operation, mode=mode, compose=compose,
+             per_sample_weights=psw)
+    out = triton_embedding_bag(**p, max_bag_length=int(lengths.max()))
+    ref = reference_embedding_bag(**p)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(out, _inputs(p), g)
+    want = torch.autograd.grad(ref, _inputs(p), g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_max_with_a_repeated_index_matches_torch_embedding_bag():

@@ -3,6 +3,7 @@
 Runs on CPU under ``TRITON_INTERPRET=1``, which must be set before triton is imported.
 """
 import os
+import zlib
 
 os.environ["TRITON_INTERPRET"] = "1"  # noqa: E402  (before anything imports triton)
 
@@ -90,20 +91,60 @@ def test_forward_and_gradient_equal_reference(case):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("operation, compose", [("mult", "before_pool"), ("mult", "after_pool"),
-                                                ("add", "before_pool"), ("concat", "before_pool")])
-def test_fused_sgd_step_equals_torch_sgd(operation, compose):
-    gen = torch.Generator().manual_seed(hash((operation, compose)) % 2**31)
-    fams = [P.quotient_remainder(50, 4), P.generalized_qr(300, k=3), P.chinese_remainder(120, k=2), P.naive(5)]
+# every component small; one large component per feature (mult: the large ones are updated in
+# place while the small ones go through the scratch); a feature with two large components (mult:
+# accumulate, then apply); SMALL_ROWS = 16 in the kernel module
+FAMILY_SETS = {
+    "all_small": lambda: [P.quotient_remainder(50, 4), P.generalized_qr(300, k=3), P.chinese_remainder(120, k=2),
+                          P.naive(5)],
+    "one_large": lambda: [P.quotient_remainder(200, 4), P.naive(40), P.quotient_remainder(30, 3),
+                          P.chinese_remainder(120, k=2)],
+    "two_large": lambda: [P.generalized_qr(1000, k=2), P.quotient_remainder(100, 4), P.naive(3),
+                          P.generalized_qr(2000, k=3)],
+}
+
+
+def _plan_is(layout, fam_set, pre_reduce):
+    pre, R, has_large, one_large = _triton_tbe._small_plan(layout, pre_reduce)
+    assert pre == pre_reduce and R <= _triton_tbe.SMALL_ROWS
+    assert has_large == (fam_set != "all_small") or not pre
+    assert one_large == (fam_set != "two_large") or not pre
+
+
+def _sgd_case(operation, compose, fam_set, seed, B=4, max_len=6, pool=None):
+    gen = torch.Generator().manual_seed(seed)
+    fams = FAMILY_SETS[fam_set]()
     d = 6
     widths = [_widths("f", d, len(f), operation) for f in fams] if operation == "concat" else None
     layout = tbe_layout(list("abcd"), fams, d, operation, ["sum", "mean", "sum", "mean"], compose, widths)
-    B = 4
-    lengths = torch.randint(0, 6, (4 * B,), generator=gen)
+    F = len(fams)
+    lengths = torch.randint(0, max_len, (F * B,), generator=gen)
     offs = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    idx = torch.cat([torch.randint(0, fams[i // B].n, (int(L),), generator=gen) for i, L in enumerate(lengths)])
-    idx[offs[1]: offs[1] + 3] = idx[offs[1]]  # repeated rows across bags and inside one
+    parts = []
+    for i, L in enumerate(lengths):
+        n = fams[i // B].n
+        if pool is None:
+            parts.append(torch.randint(0, n, (int(L),), generator=gen))
+        else:  # every bag draws from the same few indices: all of them hit the same rows
+            few = torch.tensor([x % n for x in pool])
+            parts.append(few[torch.randint(0, len(pool), (int(L),), generator=gen)])
+    idx = torch.cat(parts)
+    if offs[2] - offs[1] >= 3:
+        idx[offs[1]: offs[1] + 3] = idx[offs[1]]  # repeated rows across bags and inside one
     w0 = torch.randn(layout.numel, generator=gen)
+    return layout, fams, idx, offs, w0, gen
+
+
+@pytest.mark.parametrize("fam_set, pre_reduce", [("all_small", True), ("one_large", True), ("two_large", True),
+                                                 ("one_large", False)],
+                         ids=["all_small", "one_large", "two_large", "per_index_atomics"])
+@pytest.mark.parametrize("operation, compose", [("mult", "before_pool"), ("mult", "after_pool"),
+                                                ("add", "before_pool"), ("concat", "before_pool")])
+def test_fused_sgd_step_equals_torch_sgd(operation, compose, fam_set, pre_reduce, monkeypatch):
+    monkeypatch.setattr(_triton_tbe, "PRE_REDUCE_SMALL", pre_reduce)
+    layout, fams, idx, offs, w0, gen = _sgd_case(operation, compose, fam_set,
+                                                 zlib.crc32(f"{operation} {compose} {fam_set}".encode()))
+    _plan_is(layout, fam_set, pre_reduce)
     lr = 0.3
     # torch: reference gradients, then torch.optim.SGD
     wr = torch.nn.Parameter(w0.clone())
@@ -121,6 +162,56 @@ def test_fused_sgd_step_equals_torch_sgd(operation, compose):
     torch.testing.assert_close(w, wr.detach(), rtol=1e-5, atol=1e-6)
     assert torch.equal(scratch, torch.zeros_like(scratch)), "the SGD scratch must be left all-zero"
     assert not torch.equal(w, w0)
+    # and the dense gradient of the same lookup
+    wd = w0.clone().requires_grad_()
+    (got,) = torch.autograd.grad(tbe_embedding_bags(idx, offs, wd, layout), wd, g)
+    torch.testing.assert_close(got, wr.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("block_b", [2, None])
+@pytest.mark.parametrize("operation, compose", [("mult", "before_pool"), ("mult", "after_pool"), ("add", "before_pool")])
+def test_many_bags_hitting_the_same_few_rows(operation, compose, block_b):
+    # 8 bags per feature, up to 8 indices each, all drawn from 3 values: every program and every
+    # index add into the same few rows of every table, small (pre-reduced) and large alike
+    layout, fams, idx, offs, w0, gen = _sgd_case(operation, compose, "one_large", 11 + (block_b or 0),
+                                                 B=8, max_len=9, pool=(7, 7 + 4 * 17, 2))
+    wr = w0.clone().requires_grad_()
+    ref = _reference(layout, fams, idx, offs, wr)
+    g = torch.randn(ref.shape, generator=gen)
+    (want,) = torch.autograd.grad(ref, wr, g)
+    w = w0.clone().requires_grad_()
+    out = tbe_embedding_bags(idx, offs, w, layout, block_b=block_b)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    (got,) = torch.autograd.grad(out, w, g)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    lr = 0.05
+    ws = w0.clone()
+    tbe_embedding_bags(idx, offs, ws, layout, optimizer="exact_sgd", learning_rate=lr, block_b=block_b,
+                       placeholder=torch.zeros(0, requires_grad=True)).backward(g)
+    torch.testing.assert_close(ws, w0 - lr * want, rtol=1e-5, atol=1e-5)
+
+
+def test_small_rows_boundary_and_threshold(monkeypatch):
+    # modulus SMALL_ROWS is pre-reduced, SMALL_ROWS + 1 is not; a lower threshold moves the line
+    fams = [P.naive(16), P.naive(17), P.quotient_remainder(64, 4)]
+    layout = tbe_layout(["a", "b", "c"], fams, 5, "add", ["sum"] * 3)
+    assert _triton_tbe.SMALL_ROWS == 16
+    assert _triton_tbe._small_plan(layout, True) == (True, 16, True, True)
+    monkeypatch.setattr(_triton_tbe, "SMALL_ROWS", 4)
+    assert _triton_tbe._small_plan(layout, True) == (True, 4, True, True)
+    B = 6
+    gen = torch.Generator().manual_seed(5)
+    idx = torch.cat([torch.randint(0, f.n, (3 * B,), generator=gen) for f in fams])
+    offs = torch.arange(0, idx.numel() + 1, 3)
+    w0 = torch.randn(layout.numel, generator=gen)
+    g = torch.randn(B, 15, generator=gen)
+    wr = w0.clone().requires_grad_()
+    (want,) = torch.autograd.grad(_reference(layout, fams, idx, offs, wr), wr, g)
+    for small_rows in (4, 16, 0):
+        monkeypatch.setattr(_triton_tbe, "SMALL_ROWS", small_rows)
+        w = w0.clone().requires_grad_()
+        (got,) = torch.autograd.grad(tbe_embedding_bags(idx, offs, w, layout), w, g)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_collection_triton_equals_torch_backend_for_every_input_form():

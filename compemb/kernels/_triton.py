@@ -9,7 +9,10 @@ pools each table first and combines the pooled vectors (the reference DLRM QR be
 The backward kernel scatters the gradient into every component table: for ``mult`` the gradient of
 table ``t`` is the upstream gradient times the product of the other tables' rows (or pooled
 vectors, after pooling). By default it accumulates with atomics; ``deterministic=True`` writes one
-gradient row per (index, table), sorts by row id and reduces each segment in a fixed order.
+gradient row per (index, table), sorts by row id and reduces each segment in a fixed order. With
+atomics, a table of at most ``SMALL_ROWS`` rows (the remainder table of QR) is summed over the
+bag in registers first and written with one atomic per (row, column) rather than one per index,
+since every index of every bag lands on its few rows (``PRE_REDUCE_SMALL = False``: the old way).
 
 Loop trip counts are compile-time constants (``MAX_BAG`` is the longest bag rounded up to a power
 of two) because Triton 3.6's interpreter cannot loop up to a loaded value with numpy >= 2.4; masks
@@ -33,6 +36,11 @@ _OPS = {"add": 0, "mult": 1, "concat": 2}
 _MODES = {"sum": 0, "mean": 1, "max": 2}
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_K = 4
+#: Backward (atomic path): tables with at most this many rows (the remainder table of QR has
+#: ``num_collisions`` rows) are summed over the bag in registers, one atomic per (row, column).
+SMALL_ROWS = 16
+#: A/B knob for benchmarks: ``False`` gives every table one atomic per index (the old backward).
+PRE_REDUCE_SMALL = True
 
 
 def _interpreting() -> bool:
@@ -65,6 +73,23 @@ def _pick_int(t: tl.constexpr, a0, a1, a2, a3):
         return a2
     else:
         return a3
+
+
+@triton.jit
+def _acc_rows(acc, code, gx, m2, R: tl.constexpr):
+    """Add ``gx[j]`` into ``acc[code[j]]`` (``acc`` is ``(R, BLOCK_D)``, codes < R), row by row."""
+    rr = tl.arange(0, R)
+    for r in range(R):
+        s_r = tl.sum(tl.where(m2 & (code[:, None] == r), gx, 0.0), axis=0)
+        acc += tl.where(rr[:, None] == r, s_r[None, :], 0.0)
+    return acc
+
+
+@triton.jit
+def _flush_rows(g, acc, d_t, cols, cmask, R: tl.constexpr):
+    """One atomic per (row, column) of a small table's pre-reduced gradient (rows not hit: none)."""
+    rr = tl.arange(0, R)
+    tl.atomic_add(g + rr[:, None] * d_t + cols[None, :], acc, mask=cmask[None, :] & (acc != 0.0))
 
 
 @triton.jit
@@ -192,9 +217,12 @@ def _bwd_kernel(
     K: tl.constexpr, OP: tl.constexpr, MODE: tl.constexpr, AFTER_POOL: tl.constexpr,
     HAS_PSW: tl.constexpr, PER_INDEX: tl.constexpr,
     MAX_BAG: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    SMALL: tl.constexpr = 0, R: tl.constexpr = 1,
 ):
     # PER_INDEX: g_t is an (N, d_t) buffer of per-index gradient rows (deterministic path);
     # otherwise g_t is the (rows_t, d_t) fp32 gradient of table t, accumulated with atomics.
+    # SMALL: bit t set when table t has at most R rows: its gradient is summed over the bag in
+    # registers and written with one atomic per (row, column), not one per index.
     b = tl.program_id(0)
     pid_d = tl.program_id(1)
     start = tl.load(offsets_ptr + b)
@@ -225,6 +253,8 @@ def _bwd_kernel(
             gp = gp * scale
             if MODE == 2:
                 am = tl.load(argmax_ptr + (t * B + b) * D_MAX + cols, mask=cmask, other=-1)
+            if (SMALL >> t) & 1:
+                acc = tl.zeros([R, BLOCK_D], tl.float32)
             for n0 in range(0, MAX_BAG, BLOCK_N):
                 n = start + n0 + rows
                 nmask = (n0 + rows) < length
@@ -239,24 +269,31 @@ def _bwd_kernel(
                              mask=nmask[:, None] & cmask[None, :])
                 else:
                     code = tl.load(codes_ptr + t * N + n, mask=nmask, other=0)
-                    tl.atomic_add(g + code[:, None] * d_t + cols[None, :], gx, mask=m2)
+                    if (SMALL >> t) & 1:
+                        acc = _acc_rows(acc, code, gx, m2, R)
+                    else:
+                        tl.atomic_add(g + code[:, None] * d_t + cols[None, :], gx, mask=m2)
+            if (SMALL >> t) & 1:
+                _flush_rows(g, acc, d_t, cols, cmask, R)
     else:
         dmask = cols < D_OUT
         gp = tl.load(gout_ptr + b * D_OUT + cols, mask=dmask, other=0.0).to(tl.float32) * scale
         if MODE == 2:
             am = tl.load(argmax_ptr + b * D_MAX + cols, mask=dmask, other=-1)
-        for n0 in range(0, MAX_BAG, BLOCK_N):
-            n = start + n0 + rows
-            nmask = (n0 + rows) < length
-            m2 = nmask[:, None] & dmask[None, :]
-            if MODE == 2:
-                m2 = m2 & (n[:, None] == am[None, :])
-            gv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32) + gp[None, :]
-            if HAS_PSW:
-                gv = gv * tl.load(psw_ptr + n, mask=nmask, other=0.0).to(tl.float32)[:, None]
-            for t in tl.static_range(K):
-                g = _pick(t, g0, g1, g2, g3)
-                gx = gv
+        # table by table, so that a small table's bag sum is one (R, BLOCK_D) accumulator
+        for t in tl.static_range(K):
+            g = _pick(t, g0, g1, g2, g3)
+            if (SMALL >> t) & 1:
+                acc = tl.zeros([R, BLOCK_D], tl.float32)
+            for n0 in range(0, MAX_BAG, BLOCK_N):
+                n = start + n0 + rows
+                nmask = (n0 + rows) < length
+                m2 = nmask[:, None] & dmask[None, :]
+                if MODE == 2:
+                    m2 = m2 & (n[:, None] == am[None, :])
+                gx = tl.zeros([BLOCK_N, BLOCK_D], tl.float32) + gp[None, :]
+                if HAS_PSW:
+                    gx = gx * tl.load(psw_ptr + n, mask=nmask, other=0.0).to(tl.float32)[:, None]
                 if OP == 1:
                     for s in tl.static_range(K):
                         if s != t:
@@ -269,7 +306,23 @@ def _bwd_kernel(
                              mask=nmask[:, None] & dmask[None, :])
                 else:
                     code = tl.load(codes_ptr + t * N + n, mask=nmask, other=0)
-                    tl.atomic_add(g + code[:, None] * D_OUT + cols[None, :], gx, mask=m2)
+                    if (SMALL >> t) & 1:
+                        acc = _acc_rows(acc, code, gx, m2, R)
+                    else:
+                        tl.atomic_add(g + code[:, None] * D_OUT + cols[None, :], gx, mask=m2)
+            if (SMALL >> t) & 1:
+                _flush_rows(g, acc, D_OUT, cols, dmask, R)
+
+
+def _small_tables(weights, deterministic: bool):
+    """Bit mask of the tables whose backward is pre-reduced per bag, and their row bound R."""
+    if deterministic or not PRE_REDUCE_SMALL:
+        return 0, 1
+    rows = [int(w.shape[0]) for w in weights]
+    small = [i for i, r in enumerate(rows) if r <= SMALL_ROWS]
+    if not small:
+        return 0, 1
+    return sum(1 << i for i in small), _next_pow2(max(rows[i] for i in small))
 
 
 def _next_pow2(x: int) -> int:
@@ -357,6 +410,7 @@ class _TritonEmbeddingBagFunction(torch.autograd.Function):
             else:
                 bufs = [torch.zeros(w.shape, dtype=torch.float32, device=grad_out.device) for w in weights]
             grid = (B, triton.cdiv(d_max, block_d))
+            small, R = _small_tables(weights, deterministic)
             _bwd_kernel[grid](
                 codes, offsets, psw if psw is not None else grad_out, grad_out, argmax, pooled,
                 *_pad4(weights, weights[0]), *_pad4(bufs, bufs[0]),
@@ -364,7 +418,7 @@ class _TritonEmbeddingBagFunction(torch.autograd.Function):
                 N, B, d_out, d_max,
                 K=k, OP=_OPS[operation], MODE=_MODES[mode], AFTER_POOL=after,
                 HAS_PSW=psw is not None, PER_INDEX=deterministic,
-                MAX_BAG=max_bag, BLOCK_N=block_n, BLOCK_D=block_d,
+                MAX_BAG=max_bag, BLOCK_N=block_n, BLOCK_D=block_d, SMALL=small, R=R,
                 num_warps=_num_warps(block_n, block_d),
             )
             for i in range(k):

@@ -19,11 +19,27 @@ already loading, see ``PREFETCH_INDICES``). One operation (``mult`` / ``add`` /
 
 Backward: the gradient of every component row is scattered with atomics into a flat fp32 gradient
 buffer (dense gradient of the flat weight), or, with ``optimizer="exact_sgd"``, applied to the
-weights directly (``w -= lr * grad``; exact, since SGD is linear in the gradient). For ``mult`` the
-gradient of one table reads the other tables' rows, so the update cannot race the reads: the
-gradient is first accumulated into a persistent fp32 scratch buffer that stays all-zero between
-steps, then a second kernel swaps each touched gradient element with zero (``atomic_xchg``) and
-adds ``-lr`` times it to the weight, so each element is updated once with its complete gradient.
+weights directly (``w -= lr * grad``; exact, since SGD is linear in the gradient).
+
+Small components are pre-reduced. With QR every index of a feature lands in one of the
+``num_collisions`` rows of its remainder table, so one atomic per index serialises on a handful
+of addresses. A component with at most ``R`` rows (``R``: the power of two at or above the largest
+modulus <= ``SMALL_ROWS`` in the layout) is summed per program in registers (an ``(R, BLOCK_D)``
+tile per component; for ``add``/``concat`` and ``mult`` after pooling, whose contribution is the
+same for every index of a bag, just a hit count per (bag, row)) and written with one atomic per
+(row, column) per program: ``BLOCK_B * bag length`` times fewer atomics on those rows. Larger
+components keep one atomic per index. ``PRE_REDUCE_SMALL = False`` restores the old backward.
+
+Fused SGD for ``mult``: the gradient of one table reads the other tables' rows, so no row may
+change while another program can still read it. When every feature has at most one large
+component (QR, full tables), three launches, no pass over the touched elements: (1) the small
+components' gradients, pre-reduced, into a persistent fp32 scratch that stays all-zero between
+steps, reading the original weights; (2) each feature's large component updated in place: its
+gradient reads only the small components' rows, which nothing has written yet; (3) one program
+per small component applies its scratch block (at most ``R`` rows) and zeroes it. Otherwise the
+gradient is accumulated into the scratch first, then a second kernel swaps each touched large
+gradient element with zero (``atomic_xchg``) and adds ``-lr`` times it to the weight, so each
+element is updated once with its complete gradient, and (3) applies the small blocks.
 
 On CPU the kernels run only under ``TRITON_INTERPRET=1`` (set before triton is imported).
 """
@@ -47,6 +63,13 @@ MAX_K = 4
 _INT32_MAX = 2**31 - 1
 #: Load the next index of every bag while the current rows are in flight (a knob for benchmarks).
 PREFETCH_INDICES = True
+#: Backward: components with at most this many rows (the remainder table of QR has
+#: ``num_collisions`` rows) are summed per program in registers and written with one atomic per
+#: (row, column) per program, instead of one atomic per index on a handful of addresses.
+SMALL_ROWS = 16
+#: A/B knob for benchmarks: ``False`` restores the per-index atomics for every component (and the
+#: accumulate-then-apply fused SGD for ``mult`` over every component). Read at forward time.
+PRE_REDUCE_SMALL = True
 
 
 @triton.jit
@@ -95,13 +118,22 @@ def _prologue(off_ptr, place_ptr, mod_ptr, base_ptr, width_ptr, col_ptr, kf_ptr,
 
 
 @triton.jit
-def _row_ptrs(x, place, modulus, base, width, rel, D, IDX32: tl.constexpr, UNIFORM: tl.constexpr):
+def _codes(x, place, modulus, IDX32: tl.constexpr):
     if IDX32:
         x = x.to(tl.int32)
-    code = ((x[None, :] // place[:, None]) % modulus[:, None]).to(tl.int64)  # [K, BLOCK_B]
+    return ((x[None, :] // place[:, None]) % modulus[:, None]).to(tl.int64)  # [K, BLOCK_B]
+
+
+@triton.jit
+def _ptrs(code, base, width, rel, D, UNIFORM: tl.constexpr):
     if UNIFORM:
         return (base[:, None, None] + code[:, :, None]) * D + rel[:, None, :]
     return base[:, None, None] + code[:, :, None] * width[:, None, None] + rel[:, None, :]
+
+
+@triton.jit
+def _row_ptrs(x, place, modulus, base, width, rel, D, IDX32: tl.constexpr, UNIFORM: tl.constexpr):
+    return _ptrs(_codes(x, place, modulus, IDX32), base, width, rel, D, UNIFORM)
 
 
 @triton.jit
@@ -178,19 +210,36 @@ def _tbe_bwd_kernel(
     K: tl.constexpr, OP: tl.constexpr, AFTER_POOL: tl.constexpr, IDX32: tl.constexpr,
     UNIFORM: tl.constexpr, EVEN_D: tl.constexpr, PREFETCH: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRE_REDUCE: tl.constexpr = False, R: tl.constexpr = 1, PART: tl.constexpr = 0,
 ):
-    # dst: the fp32 gradient buffer (alpha = 1) or the weights themselves (alpha = -lr, add/concat)
+    # dst: the fp32 gradient buffer (alpha = 1) or the weights themselves (alpha = -lr).
+    # PRE_REDUCE: components with at most R rows (modulus <= R, "small") are summed per program
+    # in registers, one atomic per (row, column) at the end; the others get one atomic per index.
+    # PART 0: every component; 1: the small ones only; 2: the large ones only, reading the small
+    # ones' rows only (fused SGD for mult, where the large rows are updated in place meanwhile).
     f, bags, bmask, start, length, place, modulus, base, width, rel, cmask, scale, ts, tmask = _prologue(
         off_ptr, place_ptr, mod_ptr, base_ptr, width_ptr, col_ptr, kf_ptr, mean_ptr, B, D,
         K, IDX32, UNIFORM, EVEN_D, BLOCK_B, BLOCK_D)
+    if PRE_REDUCE:
+        small = tmask & (modulus <= R)
+        large = tmask & (modulus > R)
+    else:
+        small = tmask & (modulus < 0)
+        large = tmask
+    if PART == 2:
+        lmask = cmask & small[:, None]  # what is read: the large rows are being written
+        ltmask = small
+    else:
+        lmask = cmask
+        ltmask = tmask
     cols = tl.arange(0, BLOCK_D)
     gptrs = gout_ptr + bags[:, None].to(tl.int64) * OUT_STRIDE + f * D + cols[None, :]
     g = tl.load(gptrs, mask=bmask[:, None] & (cols[None, :] < D), other=0.0).to(tl.float32)
     g = g * (scale[:, None] * alpha)
     ts3 = ts[:, None, None]
     if OP == 1 and AFTER_POOL:
-        pooled = _pooled(idx_ptr, w_ptr, start, length, place, modulus, base, width, rel, cmask, scale,
-                         tmask, D, K, IDX32, UNIFORM, PREFETCH, BLOCK_B, BLOCK_D)
+        pooled = _pooled(idx_ptr, w_ptr, start, length, place, modulus, base, width, rel, lmask, scale,
+                         ltmask, D, K, IDX32, UNIFORM, PREFETCH, BLOCK_B, BLOCK_D)
         others = tl.full([K, BLOCK_B, BLOCK_D], 1.0, tl.float32)
         for s in tl.static_range(K):
             p_s = tl.sum(tl.where(ts3 == s, pooled, 0.0), axis=0)
@@ -198,6 +247,11 @@ def _tbe_bwd_kernel(
         gt = others * g[None, :, :]
     else:
         gt = tl.zeros([K, BLOCK_B, BLOCK_D], tl.float32) + g[None, :, :]
+    rr = tl.arange(0, R)
+    if OP == 1 and not AFTER_POOL:  # contributions differ per index
+        acc = tl.zeros([K, R, BLOCK_D], tl.float32)  # small tables' gradient rows of this program
+    else:
+        cnt = tl.zeros([K, BLOCK_B, R], tl.float32)  # hits of small row r by bag b
     maxlen = tl.max(length, axis=0)
     if PREFETCH:  # the next index loads while this one's rows are in flight
         x_next = tl.load(idx_ptr + start, mask=length > 0, other=0)
@@ -208,10 +262,11 @@ def _tbe_bwd_kernel(
             x_next = tl.load(idx_ptr + start + i + 1, mask=i + 1 < length, other=0)
         else:
             x = tl.load(idx_ptr + start + i, mask=valid, other=0)
-        ptrs = _row_ptrs(x, place, modulus, base, width, rel, D, IDX32, UNIFORM)
+        code = _codes(x, place, modulus, IDX32)
+        ptrs = _ptrs(code, base, width, rel, D, UNIFORM)
         m3 = valid[None, :, None] & cmask[:, None, :]
         if OP == 1 and not AFTER_POOL:
-            rows = tl.load(w_ptr + ptrs, mask=m3, other=1.0).to(tl.float32)
+            rows = tl.load(w_ptr + ptrs, mask=valid[None, :, None] & lmask[:, None, :], other=1.0).to(tl.float32)
             others = tl.full([K, BLOCK_B, BLOCK_D], 1.0, tl.float32)
             for s in tl.static_range(K):
                 r_s = tl.sum(tl.where(ts3 == s, rows, 0.0), axis=0)
@@ -219,7 +274,33 @@ def _tbe_bwd_kernel(
             gx = others * g[None, :, :]
         else:
             gx = gt
-        tl.atomic_add(dst_ptr + ptrs, gx, mask=m3, sem="relaxed")
+        if PART != 1:
+            tl.atomic_add(dst_ptr + ptrs, gx, mask=m3 & large[:, None, None], sem="relaxed")
+        if PRE_REDUCE and PART != 2:
+            # int32 row ids (R for the rows of large components and for absent indices)
+            rid = tl.where(valid[None, :] & small[:, None], tl.minimum(code, R), R).to(tl.int32)
+            if OP == 1 and not AFTER_POOL:
+                # row by row: a (K, BLOCK_B, R, BLOCK_D) tile would not fit in registers
+                for r in range(R):
+                    s_r = tl.sum(tl.where(rid[:, :, None] == r, gx, 0.0), axis=1)  # [K, BLOCK_D]
+                    acc += tl.where(rr[None, :, None] == r, s_r[:, None, :], 0.0)
+            else:  # the bag's contribution is the same for all its indices: count the hits
+                cnt += (rid[:, :, None] == rr[None, None, :]).to(tl.float32)
+    if PRE_REDUCE and PART != 2:
+        # one atomic per (small row, column) for this program's BLOCK_B bags
+        rr3 = rr[None, :, None]
+        for r in range(R):  # a loop, not unrolled: one row's values live at a time
+            if OP == 1 and not AFTER_POOL:
+                a_r = tl.sum(tl.where(rr3 == r, acc, 0.0), axis=1)  # [K, BLOCK_D]
+            else:
+                c_r = tl.sum(tl.where(rr[None, None, :] == r, cnt, 0.0), axis=2)  # [K, BLOCK_B]
+                a_r = tl.sum(c_r[:, :, None] * gt, axis=1)
+            if UNIFORM:
+                p_r = (base[:, None] + r) * D + rel
+            else:
+                p_r = base[:, None] + r * width[:, None] + rel
+            rmask = (small & (r < modulus))[:, None] & cmask & (a_r != 0.0)
+            tl.atomic_add(dst_ptr + p_r, a_r, mask=rmask, sem="relaxed")
 
 
 @triton.jit
@@ -229,11 +310,15 @@ def _tbe_apply_kernel(
     B, D, neg_lr,
     K: tl.constexpr, IDX32: tl.constexpr, UNIFORM: tl.constexpr, EVEN_D: tl.constexpr,
     PREFETCH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+    SKIP_SMALL: tl.constexpr = False, R: tl.constexpr = 1,
 ):
-    # every touched gradient element is taken (and zeroed) by exactly one visitor: w -= lr * grad
+    # every touched gradient element is taken (and zeroed) by exactly one visitor: w -= lr * grad.
+    # SKIP_SMALL: components with modulus <= R are left to _tbe_small_apply_kernel.
     f, bags, bmask, start, length, place, modulus, base, width, rel, cmask, scale, ts, tmask = _prologue(
         off_ptr, place_ptr, mod_ptr, base_ptr, width_ptr, col_ptr, kf_ptr, mean_ptr, B, D,
         K, IDX32, UNIFORM, EVEN_D, BLOCK_B, BLOCK_D)
+    if SKIP_SMALL:
+        cmask = cmask & (modulus > R)[:, None]
     # grad_ptr is the fp32 scratch seen as int32 (the interpreter exchanges integers only)
     zeros = tl.zeros([K, BLOCK_B, BLOCK_D], tl.int32)
     maxlen = tl.max(length, axis=0)
@@ -251,6 +336,27 @@ def _tbe_apply_kernel(
         gbits = tl.atomic_xchg(grad_ptr + ptrs, zeros, mask=m3, sem="relaxed")
         gsum = tl.where(m3, gbits.to(tl.float32, bitcast=True), 0.0)
         tl.atomic_add(w_ptr + ptrs, gsum * neg_lr, mask=m3 & (gsum != 0.0), sem="relaxed")
+
+
+@triton.jit
+def _tbe_small_apply_kernel(w_ptr, grad_ptr, mod_ptr, base_ptr, width_ptr, kf_ptr, neg_lr,
+                            K: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr):
+    # one program per (feature, component): a small component (modulus <= R) takes its whole
+    # gradient block from the scratch (w -= lr * grad) and zeroes it; rows * width <= R * 1024
+    f = tl.program_id(0)
+    t = tl.program_id(1)
+    kf = tl.load(kf_ptr + f)
+    m = tl.load(mod_ptr + f * K + t)
+    base = tl.load(base_ptr + f * K + t)  # in elements
+    width = tl.load(width_ptr + f * K + t)
+    n = tl.where((t < kf) & (m <= R), m * width, 0)
+    for s in range(0, n, BLOCK):
+        e = base + s + tl.arange(0, BLOCK)
+        emask = s + tl.arange(0, BLOCK) < n
+        gr = tl.load(grad_ptr + e, mask=emask, other=0.0)
+        w = tl.load(w_ptr + e, mask=emask, other=0.0)
+        tl.store(w_ptr + e, w + gr * neg_lr, mask=emask)
+        tl.store(grad_ptr + e, tl.zeros([BLOCK], tl.float32), mask=emask)
 
 
 # -- the layout -------------------------------------------------------------------------------------
@@ -452,9 +558,28 @@ def _launch_config(layout: TBELayout, B: int, block_b: Optional[int]):
         block_b = min(block_b, max(1, _next_pow2(B)))
     elif block_b < 1 or block_b & (block_b - 1):
         raise ValueError(f"block_b must be a power of two >= 1, got {block_b}")
-    tile = K * block_b * block_d
-    num_warps = 1 if tile <= 512 else 2 if tile <= 1024 else 4 if tile <= 4096 else 8
-    return K, block_b, block_d, num_warps
+    return K, block_b, block_d, _num_warps(K * block_b * block_d)
+
+
+def _num_warps(tile: int) -> int:
+    return 1 if tile <= 512 else 2 if tile <= 1024 else 4 if tile <= 4096 else 8
+
+
+def _small_plan(layout: TBELayout, pre_reduce: bool):
+    """How the backward treats small components: ``(pre_reduce, R, has_large, one_large)``.
+
+    A component is *small* when its modulus (its number of rows) is at most ``R``, the power of
+    two at or above the largest modulus <= ``SMALL_ROWS`` in the layout; ``one_large``: no
+    feature has two large components (then fused SGD for ``mult`` needs no scratch pass).
+    """
+    mods = [[m for _, m in forms] for forms in layout.digit_forms]
+    small = [m for ms in mods for m in ms if m <= SMALL_ROWS]
+    pre = bool(pre_reduce and small)
+    R = _next_pow2(max(small)) if pre else 1
+    limit = R if pre else 0
+    has_large = any(m > limit for ms in mods for m in ms)
+    one_large = all(sum(m > limit for m in ms) <= 1 for ms in mods)
+    return pre, R, has_large, one_large
 
 
 def _args(t, uniform):
@@ -484,38 +609,61 @@ class _TBEFunction(torch.autograd.Function):
         else:
             ctx.save_for_backward(indices, offsets)
             ctx.weight = weight  # fused SGD updates it in place, in backward
-        ctx.config = (layout, optimizer, learning_rate, scratch, K, block_b, block_d, num_warps, B)
+        ctx.config = (layout, optimizer, learning_rate, scratch, K, block_b, block_d, num_warps, B,
+                      _small_plan(layout, PRE_REDUCE_SMALL), PREFETCH_INDICES)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         indices, offsets, *saved = ctx.saved_tensors
         weight = saved[0] if saved else ctx.weight
-        layout, optimizer, lr, scratch, K, block_b, block_d, num_warps, B = ctx.config
+        layout, optimizer, lr, scratch, K, block_b, block_d, num_warps, B, plan, prefetch = ctx.config
+        pre, R, has_large, one_large = plan
         F, D = layout.num_features, layout.dim
         grad_out = grad_out.contiguous()
         t = layout.tensors(weight.device)
         op = _OPS[layout.operation]
         after = layout.compose == "after_pool"
-        grid = (triton.cdiv(B, block_b), F) if B > 0 else None
+        run = B > 0 and indices.numel() > 0
+        grid = (triton.cdiv(B, block_b), F)
         uniform = layout.operation != "concat"
         consts = dict(K=K, IDX32=layout.idx32, UNIFORM=uniform, EVEN_D=block_d == D,
-                      PREFETCH=PREFETCH_INDICES, BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps)
+                      PREFETCH=prefetch, BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps)
         a = _args(t, uniform)
+
+        def bwd(dst, alpha, part=0):
+            _tbe_bwd_kernel[grid](indices, offsets, weight, grad_out, dst, *a, B, D, F * D, alpha,
+                                  OP=op, AFTER_POOL=after, PRE_REDUCE=pre, R=R, PART=part, **consts)
+
         if optimizer is None:
             grad = torch.zeros(weight.numel(), dtype=torch.float32, device=weight.device)
-            if grid is not None and indices.numel():
-                _tbe_bwd_kernel[grid](indices, offsets, weight, grad_out, grad, *a, B, D, F * D, 1.0,
-                                      OP=op, AFTER_POOL=after, **consts)
+            if run:
+                bwd(grad, 1.0)
             return grad.to(weight.dtype), None, None, None, None, None, None, None, None
-        if grid is not None and indices.numel():
-            if op == 1:  # the gradient reads the other tables: accumulate first, then update
-                _tbe_bwd_kernel[grid](indices, offsets, weight, grad_out, scratch, *a, B, D, F * D, 1.0,
-                                      OP=op, AFTER_POOL=after, **consts)
-                _tbe_apply_kernel[grid](indices, offsets, weight, scratch.view(torch.int32), *a, B, D, -lr, **consts)
-            else:
-                _tbe_bwd_kernel[grid](indices, offsets, weight, grad_out, weight, *a, B, D, F * D, -lr,
-                                      OP=op, AFTER_POOL=after, **consts)
+        if not run:
+            return None, None, None, None, None, None, None, None, None
+        if op != 1:  # add / concat: the gradient reads no weights, so update in place
+            bwd(weight, -lr)
+        elif pre and one_large:
+            # mult, every feature has at most one large component: (1) the small components'
+            # gradients, pre-reduced, into the scratch, reading the original weights; (2) the large
+            # component of each feature updated in place: its gradient reads only the small rows,
+            # which nothing writes before (3) applies the scratch to them and zeroes it
+            bwd(scratch, 1.0, part=1)
+            if has_large:
+                bwd(weight, -lr, part=2)
+            _tbe_small_apply_kernel[(F, K)](weight, scratch, t["modulus"], t["base"], t["width"], t["kf"], -lr,
+                                            K=K, R=R, BLOCK=1024, num_warps=4)
+        else:
+            # mult: the gradient reads the other tables, so accumulate first, then update every
+            # touched element once (the small components' blocks in one go when pre-reduced)
+            bwd(scratch, 1.0)
+            if has_large:
+                _tbe_apply_kernel[grid](indices, offsets, weight, scratch.view(torch.int32), *a, B, D, -lr,
+                                        SKIP_SMALL=pre, R=R, **consts)
+            if pre:
+                _tbe_small_apply_kernel[(F, K)](weight, scratch, t["modulus"], t["base"], t["width"], t["kf"],
+                                                -lr, K=K, R=R, BLOCK=1024, num_warps=4)
         return None, None, None, None, None, None, None, None, None
 
 
