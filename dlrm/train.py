@@ -342,7 +342,15 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
+# Data-set options that do not change the data (only how loading looks).
+_RESUMABLE_DATASET_OPTIONS = frozenset({"progress"})
+
+
 def _check_resumable(saved: dict, current: dict, path: str) -> None:
+    saved, current = dict(saved), dict(current)
+    for cfg in (saved, current):
+        cfg["dataset_options"] = {k: v for k, v in (cfg.get("dataset_options") or {}).items()
+                                  if k not in _RESUMABLE_DATASET_OPTIONS}
     diffs = sorted(
         k for k in set(saved) | set(current)
         if k not in _RESUMABLE_DIFFERENCES and saved.get(k) != current.get(k)
@@ -394,6 +402,10 @@ def train(
 
         dataset = load_dataset(config.dataset, **config.dataset_options)
     train_split, val_split, test_split = (dataset.split(s) for s in ("train", "val", "test"))
+    for split in (train_split, val_split, test_split):
+        if len(split) == 0:  # refuse now, not after an epoch of training
+            raise ValueError(f"split {split.name!r} of data set {getattr(dataset, 'name', '?')!r} is empty; "
+                             "training needs rows in 'train', 'val' and 'test'")
     eval_bs = config.eval_batch_size or 4 * config.batch_size
 
     random.seed(config.seed)

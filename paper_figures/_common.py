@@ -57,6 +57,10 @@ def trials_of(study_or_df, storage: Optional[str] = None) -> pd.DataFrame:
     if not hasattr(study_or_df, "get_trials"):
         raise TypeError(f"expected a DataFrame, an optuna Study or a study name, got {type(study_or_df).__name__}")
     df = trials_frame(study_or_df, complete_only=True, dedupe=True)
+    states: Dict[str, int] = {}
+    for t in study_or_df.get_trials(deepcopy=False):
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    df.attrs["trial_states"] = states  # for the message when nothing is COMPLETE
     if df.attrs.get("duplicates_dropped"):
         print(f"note: dropped {df.attrs['duplicates_dropped']} duplicate COMPLETE trials (kept the first per grid point)",
               file=sys.stderr)
@@ -112,6 +116,11 @@ def write_csv(df: pd.DataFrame, out_dir: Union[str, os.PathLike], name: str) -> 
 
 
 def require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    if len(df) == 0:
+        states = df.attrs.get("trial_states")
+        held = (" (the study holds " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")"
+                if states else " (the study holds no trials)" if states is not None else "")
+        raise ValueError(f"{what}: no COMPLETE trials to draw{held}")
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"{what}: the trials lack columns {missing}; have {sorted(df.columns)}")

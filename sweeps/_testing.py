@@ -98,3 +98,11 @@ def populate_study(space, storage_url: str, study_name: str, objective=synthetic
                                               values=list(objective_values(metrics)), user_attrs=attrs))
     study.add_trials(trials)
     return study
+
+
+def failing_objective(config: Dict[str, Any]) -> Dict[str, Any]:
+    """:func:`synthetic_objective`, except that ``method="hash"`` trials (every trial when the
+    config has ``fail_all=True``) raise ``RuntimeError``."""
+    if config.get("method") == "hash" or config.get("fail_all"):
+        raise RuntimeError(f"made-up failure for method {config.get('method')!r}")
+    return synthetic_objective(config)

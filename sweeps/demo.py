@@ -48,9 +48,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"  data: {where}", flush=True)
     storage = args.storage or default_storage_url(args.study, args.results_dir)
     print(f"sweep 'demo' -> {storage} with {args.workers} worker(s) ...", flush=True)
-    rep = run_sweep("demo", storage=storage, study_name=args.study, objective=args.objective or DEFAULT_OBJECTIVE,
-                    workers=args.workers, overrides=overrides, seeds=_seeds(args.seeds),
-                    results_dir=args.results_dir)
+    try:
+        rep = run_sweep("demo", storage=storage, study_name=args.study, objective=args.objective or DEFAULT_OBJECTIVE,
+                        workers=args.workers, overrides=overrides, seeds=_seeds(args.seeds),
+                        results_dir=args.results_dir)
+    except ValueError as exc:  # e.g. resuming the study with other --set / --seeds
+        print(f"compemb demo: error: {exc}", file=sys.stderr)
+        return 2
     sweep_s = time.perf_counter() - start
     print(f"  {rep.summary()}", flush=True)
     out_dir = os.path.join(args.results_dir, "figures")

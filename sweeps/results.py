@@ -67,7 +67,10 @@ def trials_frame(study, complete_only: bool = False, dedupe: bool = False):
             row["grid_key"] = f"{t.params['point']}/s{t.params['seed']}"
         row["retry_of"] = t.system_attrs.get("failed_trial")
         rows.append(row)
-    df = pd.DataFrame(rows)
+    # a study without (matching) trials still gets its columns, so an export reads back as empty
+    df = pd.DataFrame(rows) if rows else pd.DataFrame(columns=[
+        "study", "number", "state", "datetime_start", "datetime_complete", "duration_s",
+        *[f"objective_{n}" for n in names], "grid_key", "point", "seed", "retry_of"])
     dropped = 0
     if dedupe and len(df) and "grid_key" in df.columns:
         complete = df["state"] == "COMPLETE"

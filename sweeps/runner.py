@@ -164,8 +164,46 @@ def _with_driver(url: str) -> str:
     return url
 
 
-def create_study(space: SearchSpace, storage, study_name: str, sampler_seed: int = 0):
-    """Create (or load, when it exists) the study of ``space`` and record what it is."""
+def _canonical(value: Any) -> str:
+    return json.dumps(_jsonable(value), sort_keys=True)
+
+
+def _definition_conflicts(attrs: Mapping[str, Any], space: SearchSpace,
+                          overrides: Optional[Mapping[str, Any]]) -> List[str]:
+    """What differs between the definition a study recorded and the one a run now asks for."""
+    out: List[str] = []
+    if space.is_grid and "grid" in attrs:
+        old, new = attrs["grid"], space.grid_search_space()
+        if _canonical(old.get("seed")) != _canonical(new["seed"]):
+            out.append(f"seeds {old.get('seed')} -> {new['seed']}")
+        if _canonical(old.get("point")) != _canonical(new["point"]):
+            out.append(f"grid points {old.get('point')} -> {new['point']}")
+    if space.is_grid and "points" in attrs:
+        old_points = attrs["points"]
+        for label, fields in space.points or ():
+            if label in old_points and _canonical(old_points[label]) != _canonical(fields):
+                out.append(f"point {label!r} {old_points[label]} -> {_jsonable(dict(fields))}")
+    if "base" in attrs and _canonical(attrs["base"]) != _canonical(space.base):
+        out.append(f"base {attrs['base']} -> {_jsonable(dict(space.base))}")
+    if overrides is not None and "overrides" in attrs and _canonical(attrs["overrides"]) != _canonical(overrides):
+        old_o, new_o = attrs["overrides"], _jsonable(dict(overrides))
+        keys = sorted(set(old_o) | set(new_o), key=str)
+        diff = ", ".join(f"{k}: {old_o.get(k, '<unset>')!r} -> {new_o.get(k, '<unset>')!r}"
+                         for k in keys if _canonical(old_o.get(k)) != _canonical(new_o.get(k)))
+        out.append(f"overrides ({diff})")
+    return out
+
+
+def create_study(space: SearchSpace, storage, study_name: str, sampler_seed: int = 0,
+                 overrides: Optional[Mapping[str, Any]] = None):
+    """Create (or load, when it exists) the study of ``space`` and record what it is.
+
+    A study records its space's name, grid (points x seeds), point definitions, base fields and
+    the run's ``overrides``. Resuming it with a different definition raises ``ValueError`` naming
+    the difference: the finished trials would otherwise silently stand for a different
+    experiment (and a grid with other seeds or points cannot share a study with Optuna's grid
+    sampler). ``overrides=None`` skips the overrides check (the study's trials record theirs).
+    """
     import optuna
 
     if optuna.logging.get_verbosity() == optuna.logging.INFO:
@@ -184,6 +222,13 @@ def create_study(space: SearchSpace, storage, study_name: str, sampler_seed: int
     attrs = study.user_attrs
     if "space" in attrs and attrs["space"] != space.name:
         raise ValueError(f"study {study_name!r} holds space {attrs['space']!r}, not {space.name!r}")
+    conflicts = _definition_conflicts(attrs, space, overrides)
+    if conflicts:
+        raise ValueError(f"study {study_name!r} was run with another definition of space {space.name!r}: "
+                         f"{'; '.join(conflicts)}. Resume it with the same settings, or start a new study "
+                         f"(another --study name, or delete its storage)")
+    if overrides is not None and "overrides" not in attrs:
+        study.set_user_attr("overrides", _jsonable(dict(overrides)))
     if "space" not in attrs:
         study.set_user_attr("space", space.name)
         study.set_user_attr("space_size", space.size)
@@ -384,8 +429,14 @@ def _make_optuna_objective(space: SearchSpace, objective_fn, overrides: Mapping[
         for name, value in start_attrs(config, version, host).items():
             trial.set_user_attr(name, value)
         start = time.perf_counter()
-        metrics = objective_fn(dict(config))
-        for name, value in end_attrs(metrics, time.perf_counter() - start).items():
+        try:
+            metrics = objective_fn(dict(config))
+            ended = end_attrs(metrics, time.perf_counter() - start)
+        except Exception as exc:
+            # recorded on the trial (Optuna only logs it): a FAIL trial says why it failed
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
+            raise
+        for name, value in ended.items():
             trial.set_user_attr(name, value)
         if key is not None:
             dup = _duplicate_of(trial.study, trial.number, key)
@@ -480,7 +531,7 @@ def run_worker(space: SearchSpace | str, storage_url: str, study_name: str,
         space = get_space(space)
     objective_fn = resolve_objective(objective)
     storage = make_storage(storage_url, heartbeat_interval, grace_period, max_retry)
-    study = create_study(space, storage, study_name, sampler_seed)
+    study = create_study(space, storage, study_name, sampler_seed, overrides=overrides or {})
     opt_objective = _make_optuna_objective(space, objective_fn, overrides or {})
     poll = float(poll_s if poll_s is not None else min(1.0, heartbeat_interval))
     start = time.perf_counter()
@@ -576,7 +627,7 @@ def run_sweep(space_name: str, storage: Optional[str] = None, study_name: Option
         return rep
     # create the study once here, so that the workers only load it (no creation race)
     storage_obj = make_storage(storage_url, heartbeat_interval, grace_period, max_retry)
-    study = create_study(space, storage_obj, study_name)
+    study = create_study(space, storage_obj, study_name, overrides=overrides or {})
     before = len(study.get_trials(deepcopy=False))
     if space.is_grid and len(grid_status(study, space).done) == space.size:
         return _report(study, space, storage_url, 0, time.perf_counter() - start, max_retry)  # nothing to resume

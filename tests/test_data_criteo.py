@@ -339,3 +339,28 @@ def test_preprocessing_speed_report(tmp_path):
     dt = time.perf_counter() - t
     print(f"criteo preprocessing: {200_000 / dt:,.0f} lines/s")
     assert ds.info["num_rows"] == 200_000
+
+
+def test_concurrent_preprocessing_of_one_cache_waits_for_the_first(tmp_path):
+    # Two sweep workers (or two `compemb train` runs) opening the same Criteo cache at once must not
+    # rebuild it on top of each other: the second waits on the cache's lock file, then finds the
+    # first's complete cache (here the test holds the lock, as a first builder would).
+    import fcntl
+    import threading
+
+    p = tmp_path / "train.txt"
+    write_lines(p, HAND)
+    cache = tmp_path / "c"
+    cache.mkdir()
+    lock = open(cache / ".lock", "a+")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    done = []
+    t = threading.Thread(target=lambda: done.append(preprocess_criteo(p, cache, progress=False)))
+    t.start()
+    t.join(0.5)
+    assert t.is_alive() and not (cache / "meta.json").exists()  # waiting, wrote nothing
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
+    t.join(30)
+    assert done == [cache]
+    check_against_reference(CachedDataset.open(cache), reference(HAND))

@@ -111,3 +111,25 @@ def test_cli_fetch_prints_location(ml_dir, capsys):
 def test_missing_without_download(tmp_path):
     with pytest.raises(FileNotFoundError, match="compemb data fetch movielens-100k"):
         load_dataset("movielens-100k", cache_dir=tmp_path / "empty", download=False)
+
+
+def test_failed_download_names_the_command_the_cache_and_a_manual_route(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    from dlrm.data import movielens as ml_mod
+    from dlrm.data.cli import main as data_main
+
+    def offline(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for recbole==1.2.1")
+
+    monkeypatch.setattr(ml_mod.subprocess, "run", offline)
+    target = tmp_path / "ml"
+    with pytest.raises(RuntimeError) as info:
+        ml_mod.fetch_movielens_100k(target)
+    msg = str(info.value)
+    assert "pip download --no-deps" in msg and "No matching distribution" in msg
+    assert str(target) in msg and "ml-100k.inter" in msg  # where to put the files by hand
+    assert not list(target.glob("*.part*"))
+    # the CLI says so in one line on stderr and exits non-zero instead of a traceback
+    assert data_main(["fetch", "movielens-100k", "--cache-dir", str(target)]) == 1
+    assert str(target) in capsys.readouterr().err

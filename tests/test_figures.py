@@ -142,3 +142,18 @@ def test_scripts_run_as_modules_and_the_cli(demo_study, tmp_path):
     assert rc == 0
     table = pd.read_csv(tmp_path / "r" / "figures" / "fig3_path_table.csv")
     assert len(table) == len(sp.get_space("paper-path", seeds=(0,)).points)
+
+
+def test_study_with_only_failed_trials_says_so(tmp_path):
+    # every trial of the study failed: each figure explains that there is nothing COMPLETE to draw
+    from sweeps.runner import run_sweep
+
+    run_sweep("tiny", study_name="bad", seeds=(0,), objective="sweeps._testing:failing_objective",
+              results_dir=tmp_path, max_retry=0, overrides={"fail_all": True})
+    study = load_study(default_storage_url("bad", tmp_path), "bad")
+    assert study.get_trials() and all(t.state.name == "FAIL" for t in study.get_trials())
+    for module, name in ((fig1_collisions, "figure 1"), (fig2_threshold, "figure 2"), (fig3_path_table, "figure 3"),
+                         (fig4_pareto, "figure 4")):
+        with pytest.raises(ValueError, match=f"{name}.*no COMPLETE trials.*3 FAIL"):
+            module.make_figure(study, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

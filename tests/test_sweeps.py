@@ -238,6 +238,10 @@ def test_demo_main_job_with_stand_in_objective(tmp_path, capsys):
     for stem in ("fig1_collisions", "fig2_threshold", "fig3_path_table", "fig4_pareto"):
         assert (tmp_path / "figures" / f"{stem}.png").stat().st_size > 0
     assert "18 trials trained now, 18/18 complete" in out
+    # resuming the demo with other training settings is refused, in one line, not a traceback
+    assert demo_main(["--results-dir", str(tmp_path), "--workers", "1", "--seeds", "0", "--objective", SYNTH,
+                      "--set", "epochs=2"]) == 2
+    assert "epochs: 1 -> 2" in capsys.readouterr().err
 
 
 def test_open_search_runs_nsga2_to_its_trial_budget(tmp_path):
@@ -252,3 +256,54 @@ def test_open_search_runs_nsga2_to_its_trial_budget(tmp_path):
         cfg = t.user_attrs["config"]
         assert cfg["method"] == t.params["method"] and cfg["learning_rate"] == t.params["learning_rate"]
         assert cfg["embedding_dim"] in (4, 8, 16, 32) and cfg["threshold"] in sp.PAPER_THRESHOLDS
+
+
+# ------------------------------------------------------------------------------------ review: resume safety
+
+
+def test_resume_with_a_changed_definition_is_refused_and_writes_nothing(tmp_path):
+    # A study remembers what it ran: resuming it with other overrides, other seeds or a redefined
+    # grid point would mix two experiments in one study (or, for new seeds, make Optuna fail every
+    # trial forever), so the runner refuses with a message naming the difference.
+    url = default_storage_url("chg", tmp_path)
+    rep = run_sweep("tiny", study_name="chg", seeds=(0,), objective=SYNTH, results_dir=tmp_path,
+                    overrides={"max_steps": 10})
+    assert rep.complete == 3
+    again = run_sweep("tiny", study_name="chg", seeds=(0,), objective=SYNTH, results_dir=tmp_path,
+                      overrides={"max_steps": 10})
+    assert again.trials_run == 0
+    with pytest.raises(ValueError, match=r"max_steps.*10.*20|overrides"):
+        run_sweep("tiny", study_name="chg", seeds=(0,), objective=SYNTH, results_dir=tmp_path,
+                  overrides={"max_steps": 20})
+    with pytest.raises(ValueError, match="seed"):
+        run_sweep("tiny", study_name="chg", seeds=(0, 1), objective=SYNTH, results_dir=tmp_path,
+                  overrides={"max_steps": 10})
+    changed = sp.SearchSpace("tiny", "tiny, hash-c4 redefined",
+                             (("full", {"method": "full"}),
+                              ("hash-c4", {"method": "hash", "num_collisions": 8, "threshold": 200}),
+                              ("qr-mult-c4", dict(sp.get_space("tiny").point("qr-mult-c4")))),
+                             (0,), dict(sp.PAPER_BASE))
+    with pytest.raises(ValueError, match="hash-c4"):
+        run_worker(changed, url, "chg", SYNTH, overrides={"max_steps": 10})
+    assert len(load_study(url, "chg").get_trials()) == 3  # nothing was written by the refused runs
+    assert sweep_main(["run", "--space", "tiny", "--study", "chg", "--seeds", "0", "--results-dir", str(tmp_path),
+                       "--objective", SYNTH, "--set", "max_steps=20"]) == 2
+
+
+def test_failing_trial_records_its_error_and_the_sweep_goes_on(tmp_path):
+    rep = run_sweep("tiny", study_name="err", seeds=(0,), objective="sweeps._testing:failing_objective",
+                    results_dir=tmp_path, max_retry=1)
+    assert rep.complete == 2 and rep.given_up == ["hash-c4/s0"]
+    df = trials_frame(load_study(default_storage_url("err", tmp_path), "err"))
+    failed = df[df["state"] == "FAIL"]
+    assert len(failed) == 2 and (failed["grid_key"] == "hash-c4/s0").all()
+    assert failed["error"].str.contains("RuntimeError: made-up failure for method 'hash'").all()
+
+
+def test_export_of_a_study_without_trials_writes_readable_empty_tables(tmp_path):
+    url = default_storage_url("none", tmp_path)
+    create_study(sp.get_space("tiny", seeds=(0,)), make_storage(url, heartbeat_interval=None), "none")
+    paths = export_study(url, "none", tmp_path / "out")
+    csv, pq = pd.read_csv(paths["csv"]), pd.read_parquet(paths["parquet"])
+    assert len(csv) == len(pq) == 0
+    assert {"number", "state", "grid_key"} <= set(csv.columns) and {"number", "state"} <= set(pq.columns)

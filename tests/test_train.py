@@ -199,3 +199,30 @@ def test_fbgemm_rowwise_adagrad_updates_tables_in_backward(monkeypatch):
     monkeypatch.setattr(T, "fbgemm_rowwise_adagrad_available", lambda: "fbgemm_gpu missing")
     with pytest.raises(ValueError, match="rowwise_adagrad_fbgemm.*fbgemm_gpu missing"):
         train(cfg, dataset=ds)
+
+
+@pytest.mark.parametrize("empty", ["train", "val", "test"])
+def test_empty_split_fails_before_any_training_step(empty):
+    # e.g. a small Criteo file whose last pseudo-day has one line: its validation half is empty.
+    # That must be refused up front, naming the split, not after an epoch of training.
+    ds = tiny_dataset()
+    splits = {"train": range(0, 400), "val": range(400, 500), "test": range(500, 600)}
+    splits[empty] = range(600, 600)
+    ds = RecDataset("tiny", ds._dense, ds._labels, ds._sparse, ["a", "b", "c"], [50, 7, 200], splits)
+    steps = []
+    with pytest.raises(ValueError, match=f"'{empty}'.*empty|empty.*'{empty}'"):
+        train(small_config(eval_every=None), dataset=ds, step_hook=steps.append)
+    assert steps == []
+
+
+def test_resume_ignores_the_progress_bar_option_of_the_data_set(tmp_path):
+    # `compemb train --data-set kaggle` puts progress=(not --no-progress) into dataset_options; a
+    # run resumed with or without --no-progress is the same run. Other data options still count.
+    ds = tiny_dataset()
+    first = small_config(checkpoint_dir=str(tmp_path), max_steps=3, dataset_options={"progress": True})
+    train(first, dataset=ds)
+    more = small_config(checkpoint_dir=str(tmp_path), max_steps=6, dataset_options={"progress": False})
+    assert train(more, dataset=ds)["steps"] == 6
+    other = small_config(checkpoint_dir=str(tmp_path), max_steps=9, dataset_options={"max_ind_range": 5})
+    with pytest.raises(ValueError, match="dataset_options"):
+        train(other, dataset=ds)

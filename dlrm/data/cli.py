@@ -51,7 +51,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .movielens import FILES, fetch_movielens_100k
 
         t = time.perf_counter()
-        directory = fetch_movielens_100k(args.cache_dir, force=args.force)
+        try:
+            directory = fetch_movielens_100k(args.cache_dir, force=args.force)
+        except RuntimeError as e:
+            print(f"compemb data fetch: {e}", file=sys.stderr)
+            return 1
         print(f"movielens-100k: {directory} ({time.perf_counter() - t:.1f} s)")
         for name in FILES:
             print(f"  {directory / name}")

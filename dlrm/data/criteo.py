@@ -35,6 +35,7 @@ id) are Python dicts held in memory while preprocessing, about 100 bytes per dis
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 from itertools import repeat
@@ -352,21 +353,41 @@ def preprocess_criteo(
     options = {"dataset": dataset, "days": days, "max_ind_range": max_ind_range, "format_version": CACHE_FORMAT_VERSION}
     fingerprint = _fingerprint(files)
     meta_path = cache / "meta.json"
-    if not force and meta_path.is_file():
-        import json
+    cache.mkdir(parents=True, exist_ok=True)
+    # One builder at a time per cache (e.g. several sweep workers starting together): the others
+    # wait here, then find its complete cache instead of rebuilding the files under it.
+    with _cache_lock(cache):
+        if not force and meta_path.is_file():
+            import json
 
-        try:
-            meta = json.loads(meta_path.read_text())
-        except ValueError:
-            meta = {}
-        if meta.get("options") == options and meta.get("sources") == fingerprint:
-            if strict:
-                first = _first_malformed(meta)
-                if first is not None:
-                    raise ValueError(f"{first[0]}:{first[1]}: malformed Criteo line ({first[2]}) (strict mode; found in the cache's report)")
-            return cache
-    _build(files, cache, dataset, days, max_ind_range, strict, progress, chunk_bytes, options, fingerprint)
+            try:
+                meta = json.loads(meta_path.read_text())
+            except ValueError:
+                meta = {}
+            if meta.get("options") == options and meta.get("sources") == fingerprint:
+                if strict:
+                    first = _first_malformed(meta)
+                    if first is not None:
+                        raise ValueError(f"{first[0]}:{first[1]}: malformed Criteo line ({first[2]}) (strict mode; found in the cache's report)")
+                return cache
+        _build(files, cache, dataset, days, max_ind_range, strict, progress, chunk_bytes, options, fingerprint)
     return cache
+
+
+@contextlib.contextmanager
+def _cache_lock(cache: Path):
+    """An exclusive ``flock`` on ``<cache>/.lock`` (a no-op where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(cache / ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _build(files, cache: Path, dataset, days, max_ind_range, strict, progress, chunk_bytes, options, fingerprint) -> None:

@@ -72,7 +72,8 @@ def fetch_movielens_100k(cache_dir: Optional[Union[str, Path]] = None, force: bo
         The directory holding ``ml-100k.inter``, ``ml-100k.user`` and ``ml-100k.item``.
 
     Raises:
-        RuntimeError: pip failed (no network?) — its output is in the message.
+        RuntimeError: pip failed (no network?) — the message has its command and output, the
+        cache directory and how to put the files there by hand.
     """
     directory = movielens_cache_dir(cache_dir)
     if _files_present(directory) and not force:
@@ -86,18 +87,32 @@ def fetch_movielens_100k(cache_dir: Optional[Union[str, Path]] = None, force: bo
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("recbole-*.whl"))
         if proc.returncode != 0 or not wheels:
-            raise RuntimeError(f"could not download recbole=={RECBOLE_VERSION} (needed for MovieLens-100k): "
-                               f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+            raise RuntimeError(
+                f"could not download recbole=={RECBOLE_VERSION} (needed for MovieLens-100k) into {directory}: "
+                f"`{' '.join(cmd)}` exited {proc.returncode} (no network or no pip?)\n{proc.stdout}\n{proc.stderr}\n"
+                f"Alternatively run `pip download --no-deps recbole=={RECBOLE_VERSION}` where a package index is "
+                f"reachable and put {', '.join(FILES)} (from {_WHEEL_PREFIX} in the wheel) into {directory}.")
         with zipfile.ZipFile(wheels[0]) as z:
             for name in FILES:
-                data = z.read(_WHEEL_PREFIX + name)
-                part = directory / (name + ".part")
-                part.write_bytes(data)
-                os.replace(part, directory / name)
+                _write_atomic(directory / name, z.read(_WHEEL_PREFIX + name))
         source = {"package": f"recbole=={RECBOLE_VERSION}", "wheel": wheels[0].name,
                   "members": [_WHEEL_PREFIX + f for f in FILES], "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        (directory / "source.json").write_text(json.dumps(source, indent=1))
+        _write_atomic(directory / "source.json", json.dumps(source, indent=1).encode())
     return directory
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    # a temporary name of our own: two processes fetching at once never rename each other's
+    # half-written file into place
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _read_tsv(path: Path) -> Tuple[List[str], List[List[str]]]:
