@@ -14,6 +14,14 @@ Differences from DLRM's script, each deliberate:
   operation, so ``--qr-operation concat`` works with any threshold. ``--dlrm-compatible-qr``
   builds DLRM's ``QREmbeddingBag`` instead (``concat`` is ``2d`` wide); the model then projects
   those tables to ``d`` for the dot interaction.
+* ``--embedding-collection {none,fbgemm,triton}`` (not in DLRM) serves all tables from one
+  :class:`compemb.collection.CompositionalEmbeddingBagCollection`: ``triton`` is one fused
+  table-batched kernel launch for all features (methods full/qr/gqr/crt, one ``d``, one
+  operation among the compressed tables; anything else is refused naming the table). Its tables
+  get dense gradients, trained by any ``--optimizer``; ``--optimizer sgd_triton_fused`` applies
+  exact SGD to them inside the backward pass instead (and implies ``triton``). On ``--device
+  cpu`` the kernels run in Triton's interpreter (slow): the command sets ``TRITON_INTERPRET=1``
+  itself unless the environment already sets it; on CUDA they compile.
 * ``--data-set kaggle`` / ``terabyte`` read Criteo's raw files (``--raw-data-file``) through
   :mod:`dlrm.data`'s cached preprocessing.
 
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
@@ -107,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluations without a better validation loss before stopping")
     t.add_argument("--max-steps", type=int, default=None)
     t.add_argument("--sparse", choices=("auto", "on", "off"), default="auto", help="sparse embedding gradients")
+    t.add_argument("--embedding-collection", choices=("none", "fbgemm", "triton"), default="none",
+                   help="serve all tables from one table-batched collection: fbgemm (TBE) or triton (one fused "
+                        "kernel launch; on CPU it runs in Triton's interpreter, TRITON_INTERPRET=1, slow); dense "
+                        "table gradients for any optimizer, or fused exact SGD with --optimizer sgd_triton_fused "
+                        "(default none: one module per table)")
     t.add_argument("--test-with", choices=("best", "final"), default="best")
     t.add_argument("--device", default="cpu")
     o = p.add_argument_group("output")
@@ -199,6 +213,7 @@ def config_from_args(args: argparse.Namespace, num_dense: Optional[int] = None):
         max_steps=args.max_steps, sparse=sparse, checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every, resume=not args.no_resume, log_path=args.log_file,
         device=args.device, test_with=args.test_with,
+        embedding_collection=None if args.embedding_collection == "none" else args.embedding_collection,
     )
 
 
@@ -214,6 +229,11 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if (args.embedding_collection == "triton" or args.optimizer == "sgd_triton_fused") \
+            and str(args.device).startswith("cpu"):
+        # Triton decides at import whether kernels are interpreted: set it before anything imports
+        # triton (if it already was, without it, building the model says so)
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     try:
         config = config_from_args(args)
         dataset = load_dataset(config.dataset, **config.dataset_options)

@@ -40,6 +40,7 @@ from torch import nn
 
 __all__ = [
     "DLRM",
+    "COLLECTION_BACKENDS",
     "DLRMConfig",
     "table_specs",
     "interaction_output_dim",
@@ -50,6 +51,10 @@ __all__ = [
 
 METHODS = ("full", "hash", "qr", "gqr", "crt", "path", "md")
 INTERACTIONS = ("dot", "cat")
+#: backends of :class:`compemb.collection.CompositionalEmbeddingBagCollection` a DLRM can serve its tables from
+COLLECTION_BACKENDS = (None, "fbgemm", "triton")
+#: fused optimizers each collection backend applies inside the backward pass
+_FUSED_BY_BACKEND = {"fbgemm": ("exact_rowwise_adagrad", "exact_sgd"), "triton": ("exact_sgd",)}
 
 
 def _embedding_bag_config():
@@ -161,11 +166,21 @@ class DLRMConfig:
             :class:`compemb.modules.QREmbeddingBag` (``concat`` returns ``2 * embedding_dim``
             columns, projected to ``d`` for the dot interaction).
         sparse: ask embedding modules for sparse gradients where they support them.
-        fused_optimizer: ``None``, or ``"exact_rowwise_adagrad"`` / ``"exact_sgd"``: serve all
-            tables from one :class:`compemb.collection.CompositionalEmbeddingBagCollection` on
-            FBGEMM, whose optimizer updates the tables inside the backward pass (methods
-            ``full``, ``qr``, ``gqr``, ``crt`` only; the tables are then no ``nn.Parameter``).
+        fused_optimizer: ``None``, or ``"exact_rowwise_adagrad"`` / ``"exact_sgd"``: the
+            collection's optimizer updates the tables inside the backward pass (the tables are
+            then no ``nn.Parameter``). Without ``collection_backend`` it means ``"fbgemm"``;
+            ``collection_backend="triton"`` fuses ``"exact_sgd"`` only.
         fused_learning_rate: the fused optimizer's step size.
+        collection_backend: ``None`` (one compemb module per table, unless ``fused_optimizer``
+            asks for FBGEMM), ``"fbgemm"`` or ``"triton"``: serve all tables from one
+            :class:`compemb.collection.CompositionalEmbeddingBagCollection` with that backend.
+            Without a fused optimizer the tables stay trainable parameters with dense gradients
+            (triton: one flat ``weight``) for any ``torch.optim`` optimizer. The collection serves
+            methods ``full``, ``qr``, ``gqr``, ``crt`` with ``sum``/``mean`` pooling; triton also
+            needs one ``embedding_dim`` for all tables and one operation among the compressed
+            ones. Other configurations are refused when the :class:`DLRM` is built, with an
+            error naming the table. Triton on CPU needs ``TRITON_INTERPRET=1`` set before triton
+            is imported (slow; on CUDA the kernels compile).
     """
 
     num_dense: int
@@ -179,6 +194,15 @@ class DLRMConfig:
     sparse: bool = False
     fused_optimizer: Optional[str] = None
     fused_learning_rate: float = 0.01
+    collection_backend: Optional[str] = None
+
+    @property
+    def resolved_collection_backend(self) -> Optional[str]:
+        """The collection backend actually used: ``collection_backend``, or ``"fbgemm"`` when only
+        ``fused_optimizer`` is set; ``None``: one module per table."""
+        if self.collection_backend is not None:
+            return self.collection_backend
+        return "fbgemm" if self.fused_optimizer is not None else None
 
     def __post_init__(self):
         self.bottom_mlp = tuple(int(x) for x in self.bottom_mlp)
@@ -217,6 +241,22 @@ class DLRMConfig:
             )
         if self.fused_optimizer is not None and (self.sparse or self.dlrm_compatible_qr):
             raise ValueError("fused_optimizer excludes sparse and dlrm_compatible_qr (FBGEMM updates the tables itself)")
+        if self.collection_backend not in COLLECTION_BACKENDS:
+            raise ValueError(
+                f"collection_backend must be one of {COLLECTION_BACKENDS}, got {self.collection_backend!r}"
+            )
+        backend = self.resolved_collection_backend
+        if backend is not None:
+            if self.sparse or self.dlrm_compatible_qr:
+                raise ValueError(
+                    f"collection_backend={backend!r} excludes sparse and dlrm_compatible_qr (the collection "
+                    "serves compemb's generic tables with dense gradients or a fused optimizer)"
+                )
+            if self.fused_optimizer is not None and self.fused_optimizer not in _FUSED_BY_BACKEND[backend]:
+                raise ValueError(
+                    f"fused_optimizer={self.fused_optimizer!r} is not fused by collection_backend={backend!r} "
+                    f"(it fuses {_FUSED_BY_BACKEND[backend]})"
+                )
         if self.interaction == "dot" and self.num_dense > 0 and self.bottom_mlp[-1] != d:
             raise ValueError(
                 f"dot interaction needs the bottom MLP output width ({self.bottom_mlp[-1]}) to equal "
@@ -329,11 +369,53 @@ def _set_sparse(module: nn.Module, sparse: bool) -> List[nn.Parameter]:
     return found
 
 
+def _build_collection(config: DLRMConfig, device) -> nn.Module:
+    """All tables in one :class:`compemb.collection.CompositionalEmbeddingBagCollection`.
+
+    Anything the collection cannot serve is refused here (at model build time) with a
+    ``ValueError`` that names the table and the reason.
+    """
+    backend = config.resolved_collection_backend
+    what = (f"collection_backend={backend!r}" if config.collection_backend is not None
+            else f"fused_optimizer={config.fused_optimizer!r}")
+    try:
+        from compemb.collection import CompositionalEmbeddingBagCollection
+        if backend == "fbgemm":
+            import fbgemm_gpu  # noqa: F401
+        else:
+            import triton  # noqa: F401
+    except Exception as exc:  # ImportError, or a backend failing to load its library
+        raise ValueError(
+            f"{what} needs compemb.collection and {'fbgemm_gpu' if backend == 'fbgemm' else 'triton'}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if not config.tables:
+        raise ValueError(f"{what} needs at least one table")
+    for spec in config.tables:
+        # refused by the collection as well; said here in the DLRM's words
+        if spec.method not in ("full", "qr", "gqr", "crt"):
+            raise ValueError(
+                f"table {spec.name!r}: method={spec.method!r} cannot be served by {what} (the collection "
+                "serves 'full', 'qr', 'gqr' and 'crt' tables); use collection_backend=None "
+                "(compemb train: --embedding-collection none)"
+            )
+    try:
+        return CompositionalEmbeddingBagCollection(
+            config.tables, backend=backend, optimizer=config.fused_optimizer,
+            learning_rate=config.fused_learning_rate, include_last_offset=True, device=device,
+        )
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"{what}: {exc}") from exc
+
+
 class DLRM(nn.Module):
     """Deep Learning Recommendation Model (Naumov et al., arXiv 1906.00091).
 
     Args:
         config: a :class:`DLRMConfig`.
+        device: where a collection's tables are built (``config.collection_backend``; the
+            triton backend on CUDA needs its tables there from the start). The rest is built on
+            the CPU: move the model with ``.to(device)`` as usual.
 
     Shape:
         dense: ``(B, num_dense)`` float; ``indices[i]``: 1-D int64 ids of table ``i``;
@@ -349,7 +431,7 @@ class DLRM(nn.Module):
         torch.Size([3])
     """
 
-    def __init__(self, config: DLRMConfig):
+    def __init__(self, config: DLRMConfig, device=None):
         super().__init__()
         if not isinstance(config, DLRMConfig):
             raise TypeError(f"config must be a DLRMConfig, got {type(config).__name__}")
@@ -364,19 +446,8 @@ class DLRM(nn.Module):
         self.table_widths: List[int] = []
         self._sparse_params: List[nn.Parameter] = []
         self.collection = None
-        if config.fused_optimizer is not None:
-            try:
-                from compemb.collection import CompositionalEmbeddingBagCollection
-                import fbgemm_gpu  # noqa: F401
-            except Exception as exc:  # ImportError, or FBGEMM failing to load its library
-                raise ValueError(
-                    f"fused_optimizer={config.fused_optimizer!r} needs compemb.collection and fbgemm_gpu: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            self.collection = CompositionalEmbeddingBagCollection(
-                config.tables, backend="fbgemm", optimizer=config.fused_optimizer,
-                learning_rate=config.fused_learning_rate, include_last_offset=True,
-            )
+        if config.resolved_collection_backend is not None:
+            self.collection = _build_collection(config, device)
             for i, spec in enumerate(config.tables):
                 self.table_widths.append(int(spec.embedding_dim))
                 if config.interaction == "dot" and spec.embedding_dim != d:

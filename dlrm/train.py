@@ -31,6 +31,18 @@ Semantics worth knowing:
   Adagrad updates them inside the backward pass (methods ``full``, ``qr``, ``gqr``, ``crt``;
   component widths multiples of 4); the MLPs use ``torch.optim.Adagrad`` with the same learning
   rate. Refused with a ``ValueError`` naming the missing piece where FBGEMM is unavailable.
+* **Embedding collection** (``embedding_collection``): ``"fbgemm"`` or ``"triton"`` serve all
+  tables from one :class:`compemb.collection.CompositionalEmbeddingBagCollection` (triton: one
+  fused, table-batched kernel launch for all features with the partition encoding in the kernel;
+  its tables are one flat ``weight`` parameter). Gradients are then dense, so ``sgd``,
+  ``adagrad``, ``adam`` and ``amsgrad`` all train the tables as dense parameters (no
+  ``SparseAdam``). Methods ``full``, ``qr``, ``gqr``, ``crt`` with ``sum``/``mean`` pooling only
+  (triton: one ``embedding_dim``, one operation among the compressed tables); anything else is
+  refused when the model is built, naming the table. On CPU triton needs ``TRITON_INTERPRET=1``
+  set before triton is imported (slow); on CUDA its kernels compile.
+* **``sgd_triton_fused``**: the triton collection's exact SGD updates the tables inside the
+  backward pass (no gradient tensor for them, no optimizer state); the MLPs use
+  ``torch.optim.SGD`` with the same learning rate. Implies ``embedding_collection="triton"``.
 
 Example::
 
@@ -68,11 +80,16 @@ __all__ = [
     "build_optimizer",
     "evaluate",
     "OPTIMIZERS",
+    "EMBEDDING_COLLECTIONS",
     "CHECKPOINT_NAME",
     "fbgemm_rowwise_adagrad_available",
 ]
 
-OPTIMIZERS = ("sgd", "adagrad", "adam", "amsgrad", "rowwise_adagrad_fbgemm")
+OPTIMIZERS = ("sgd", "adagrad", "adam", "amsgrad", "rowwise_adagrad_fbgemm", "sgd_triton_fused")
+#: ``TrainConfig.embedding_collection`` values (``None``: one module per table)
+EMBEDDING_COLLECTIONS = (None, "fbgemm", "triton")
+#: the collection backend each fused optimizer needs
+_FUSED = {"rowwise_adagrad_fbgemm": ("fbgemm", "exact_rowwise_adagrad"), "sgd_triton_fused": ("triton", "exact_sgd")}
 CHECKPOINT_NAME = "checkpoint.pt"
 
 # Fields that may differ between a run and the run it resumes (they do not change what the
@@ -106,7 +123,7 @@ class TrainConfig:
         dlrm_compatible_qr: build QR tables with the DLRM-compatible ``QREmbeddingBag``
             (``concat`` is ``2d`` wide and gets projected).
         table_overrides: ``{table name: {field: value}}`` applied to the derived table specs.
-        optimizer: ``sgd | adagrad | adam | amsgrad | rowwise_adagrad_fbgemm``.
+        optimizer: ``sgd | adagrad | adam | amsgrad | rowwise_adagrad_fbgemm | sgd_triton_fused``.
         learning_rate, batch_size, epochs: as usual. eval_batch_size: default ``4 * batch_size``.
         eval_every: evaluate every this many steps (``None``/0: every epoch end).
         early_stopping_patience: evaluations without improvement before stopping (``None``: off).
@@ -118,6 +135,8 @@ class TrainConfig:
         log_path: JSON-lines log of evaluations and the final result (``None``: no log).
         device: torch device string.
         test_with: ``"best"`` (best validation loss) or ``"final"`` weights for the test split.
+        embedding_collection: ``None`` (one module per table), ``"fbgemm"`` or ``"triton"``: serve
+            all tables from one collection (see the module docstring); dense table gradients.
     """
 
     dataset: str = "movielens-100k"
@@ -149,6 +168,7 @@ class TrainConfig:
     log_path: Optional[str] = None
     device: str = "cpu"
     test_with: str = "best"
+    embedding_collection: Optional[str] = None
 
     def __post_init__(self):
         self.bottom_mlp = tuple(int(x) for x in self.bottom_mlp)
@@ -176,6 +196,23 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
         if self.optimizer == "amsgrad" and self.sparse:
             raise ValueError("optimizer 'amsgrad' has no sparse variant in torch; use sparse=False")
+        if self.embedding_collection not in EMBEDDING_COLLECTIONS:
+            raise ValueError(f"embedding_collection must be one of {EMBEDDING_COLLECTIONS}, "
+                             f"got {self.embedding_collection!r}")
+        if self.optimizer in _FUSED and self.embedding_collection not in (None, _FUSED[self.optimizer][0]):
+            raise ValueError(f"optimizer {self.optimizer!r} is fused by the {_FUSED[self.optimizer][0]!r} "
+                             f"collection, got embedding_collection={self.embedding_collection!r}")
+        if self.collection_backend is not None and (self.sparse or self.dlrm_compatible_qr):
+            raise ValueError(f"embedding_collection={self.collection_backend!r} excludes sparse=True and "
+                             "dlrm_compatible_qr (the collection's table gradients are dense)")
+
+    @property
+    def collection_backend(self) -> Optional[str]:
+        """The collection the tables live in: ``embedding_collection``, or the one the fused
+        optimizer needs; ``None``: one module per table."""
+        if self.optimizer in _FUSED:
+            return _FUSED[self.optimizer][0]
+        return self.embedding_collection
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -203,11 +240,12 @@ def build_model(config: TrainConfig, dataset) -> DLRM:
             raise ValueError(f"table_overrides name unknown tables {unknown}; tables are {names}")
         specs = [dataclasses.replace(s, **config.table_overrides.get(s.name, {})) for s in specs]
     num_dense = int(dataset.num_dense)
-    fused = config.optimizer == "rowwise_adagrad_fbgemm"
-    if fused:
+    fused = config.optimizer in _FUSED
+    if config.optimizer == "rowwise_adagrad_fbgemm":
         reason = fbgemm_rowwise_adagrad_available()
         if reason is not None:
             raise ValueError(f"optimizer 'rowwise_adagrad_fbgemm' is unavailable: {reason}")
+    collection = config.collection_backend
     torch.manual_seed(config.seed)
     model_config = DLRMConfig(
         num_dense=num_dense,
@@ -218,11 +256,12 @@ def build_model(config: TrainConfig, dataset) -> DLRM:
         interaction_itself=config.interaction_itself,
         arch_sparse_feature_size=config.embedding_dim,
         dlrm_compatible_qr=config.dlrm_compatible_qr,
-        sparse=_sparse_for(config) and not fused,
-        fused_optimizer="exact_rowwise_adagrad" if fused else None,
+        sparse=_sparse_for(config) and collection is None,
+        fused_optimizer=_FUSED[config.optimizer][1] if fused else None,
         fused_learning_rate=float(config.learning_rate),
+        collection_backend=collection,
     )
-    return DLRM(model_config).to(config.device)
+    return DLRM(model_config, device=config.device if collection is not None else None).to(config.device)
 
 
 class _Optimizers:
@@ -275,6 +314,13 @@ def build_optimizer(config: TrainConfig, model: DLRM) -> _Optimizers:
                              "fused_optimizer='exact_rowwise_adagrad' (build_model does this)")
         # the tables are updated inside FBGEMM's backward; the MLPs use torch's Adagrad
         return _Optimizers([torch.optim.Adagrad(list(model.parameters()), lr=lr)])
+    if name == "sgd_triton_fused":
+        coll = model.collection
+        if coll is None or coll.backend != "triton" or coll.optimizer != "exact_sgd":
+            raise ValueError("optimizer 'sgd_triton_fused' needs a model built with collection_backend='triton' "
+                             "and fused_optimizer='exact_sgd' (build_model does this)")
+        # the tables are updated inside the triton backward; the MLPs use torch's SGD
+        return _Optimizers([torch.optim.SGD(list(model.parameters()), lr=lr)])
     if name == "sgd":
         return _Optimizers([torch.optim.SGD(list(model.parameters()), lr=lr)])
     if name == "adagrad":

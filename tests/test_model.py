@@ -1,5 +1,13 @@
-"""DLRM shapes, interactions and parameter counts for every embedding method."""
+"""DLRM shapes, interactions and parameter counts for every embedding method.
+
+The triton collection tests run on CPU under ``TRITON_INTERPRET=1``, which must be set before
+triton is imported.
+"""
+import dataclasses
 import math
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # noqa: E402  (before anything imports triton)
 
 import pytest
 import torch
@@ -199,3 +207,109 @@ def test_bad_inputs_raise():
         model(torch.zeros(2, 4), [torch.tensor([1, 2])], [torch.tensor([0, 1, 2])])
     with pytest.raises(ValueError, match="expected 1 index"):
         model(torch.zeros(2, 3), [], [])
+
+
+# -- all tables from one triton collection ----------------------------------------------------------
+def _interpreted():
+    from compemb.kernels import _triton_tbe
+
+    assert _triton_tbe.INTERPRETED, "compemb.kernels._triton was imported before TRITON_INTERPRET=1 was set"
+
+
+def _twins(specs, lr=None, seed=0):
+    """A per-table DLRM and a triton-collection DLRM with identical weights."""
+    _interpreted()
+    torch.manual_seed(seed)
+    ref = DLRM(DLRMConfig(3, (16, D), (16, 1), specs))
+    fused = {} if lr is None else dict(fused_optimizer="exact_sgd", fused_learning_rate=lr)
+    coll = DLRM(DLRMConfig(3, (16, D), (16, 1), specs, collection_backend="triton", **fused))
+    missing, unexpected = coll.load_state_dict(
+        {k: v for k, v in ref.state_dict().items() if not k.startswith("embeddings.")}, strict=False)
+    assert missing == ["collection.weight"] and unexpected == []
+    with torch.no_grad():
+        for spec, bag in zip(specs, ref.embeddings):
+            tables = coll.collection.tables(spec.name)
+            params = list(bag.parameters())
+            assert [t.shape for t in tables] == [p.shape for p in params]
+            for t, p in zip(tables, params):
+                t.copy_(p)
+    return ref, coll
+
+
+def _mlp_named(model):
+    return {k: p for k, p in model.named_parameters() if not k.startswith(("embeddings.", "collection."))}
+
+
+@pytest.mark.parametrize("operation, mode, compose", [("mult", "sum", "before_pool"), ("add", "mean", "before_pool"),
+                                                      ("mult", "mean", "after_pool")])
+@pytest.mark.parametrize("fused", [False, True])
+def test_triton_collection_equals_per_table_modules(operation, mode, compose, fused):
+    lr = 0.5
+    specs = table_specs(CARDS, D, "qr", threshold=100, num_collisions=7, operation=operation, mode=mode,
+                        compose=compose)
+    ref, coll = _twins(specs, lr=lr if fused else None, seed=len(operation) + fused)
+    assert coll.table_parameters() == ref.table_parameters()
+    assert coll.num_parameters() == ref.num_parameters()
+    assert coll.collection.backend == "triton" and coll.sparse_parameters() == []
+    dense, idx, offs = _batch(CARDS, b=6, seed=int(torch.randint(0, 2**31, ())))  # empty and multi-hot bags
+    labels = torch.randint(0, 2, (6,)).float()
+    initial = [t.clone() for t in coll.collection.tables()]
+    out_ref, out = ref(dense, idx, offs), coll(dense, idx, offs)
+    assert torch.allclose(out, out_ref, atol=1e-6), (out, out_ref)
+    opt_ref = torch.optim.SGD(ref.parameters(), lr=lr)
+    opt = torch.optim.SGD(coll.parameters(), lr=lr)  # fused: the MLPs only (the tables are buffers)
+    DLRM.loss(out_ref, labels).backward()
+    DLRM.loss(out, labels).backward()
+    mlp_ref, mlp = _mlp_named(ref), _mlp_named(coll)
+    assert mlp.keys() == mlp_ref.keys()
+    for k in mlp:
+        assert torch.allclose(mlp[k].grad, mlp_ref[k].grad, atol=1e-6), k
+    if fused:  # the tables were updated in backward; they have no gradient
+        assert not isinstance(coll.collection.weight, torch.nn.Parameter)
+    else:
+        grads = coll.collection.weight.grad
+        assert grads is not None and not grads.is_sparse
+        assert grads.shape == coll.collection.weight.shape
+    opt_ref.step()
+    opt.step()
+    for spec, bag in zip(specs, ref.embeddings):
+        for t, p in zip(coll.collection.tables(spec.name), bag.parameters()):
+            assert torch.allclose(t, p.detach(), atol=1e-6), spec.name
+    assert any(not torch.equal(a, b) for a, b in zip(initial, coll.collection.tables()))
+    for k in mlp:
+        assert torch.allclose(mlp[k], mlp_ref[k], atol=1e-6), k
+    # the state dict round-trips (what checkpoints hold)
+    fresh = DLRM(coll.config)
+    fresh.load_state_dict(coll.state_dict())
+    assert torch.equal(fresh(dense, idx, offs), coll(dense, idx, offs))
+
+
+@pytest.mark.parametrize(
+    "method, opts, overrides, match",
+    [("path", {"num_collisions": 4}, {}, "table 't0'.*method='path'"),
+     ("hash", {"num_collisions": 4}, {}, "table 't0'.*method='hash'"),
+     ("md", {"md_dim": 2}, {}, "table 't0'.*method='md'"),
+     ("qr", {"mode": "max"}, {}, "'t0'.*mode='max'"),
+     ("qr", {}, {"t2": {"embedding_dim": 4}}, "one embedding_dim.*'t2': 4"),
+     ("qr", {}, {"t2": {"operation": "add"}}, "one operation.*'t2': 'add'")],
+)
+def test_triton_collection_refuses_what_it_cannot_serve_at_build_time(method, opts, overrides, match):
+    specs = table_specs(CARDS, D, method, threshold=100, **opts)
+    specs = [dataclasses.replace(s, **overrides.get(s.name, {})) for s in specs]
+    config = DLRMConfig(3, (16, D), (16, 1), specs, interaction="cat", collection_backend="triton")
+    with pytest.raises(ValueError, match=match):
+        DLRM(config)
+
+
+def test_collection_backend_config_checks():
+    specs = table_specs(CARDS, D, "qr", threshold=100)
+    with pytest.raises(ValueError, match="collection_backend must be one of"):
+        DLRMConfig(3, (16, D), (16, 1), specs, collection_backend="torch")
+    with pytest.raises(ValueError, match="'exact_rowwise_adagrad' is not fused by collection_backend='triton'"):
+        DLRMConfig(3, (16, D), (16, 1), specs, collection_backend="triton", fused_optimizer="exact_rowwise_adagrad")
+    with pytest.raises(ValueError, match="excludes sparse"):
+        DLRMConfig(3, (16, D), (16, 1), specs, collection_backend="triton", sparse=True)
+    # today's behaviour: a fused optimizer alone means the fbgemm collection
+    cfg = DLRMConfig(3, (16, D), (16, 1), specs, fused_optimizer="exact_sgd")
+    assert cfg.collection_backend is None and cfg.resolved_collection_backend == "fbgemm"
+    assert DLRMConfig(3, (16, D), (16, 1), specs).resolved_collection_backend is None

@@ -1,7 +1,13 @@
-"""Training loop: determinism, optimizers, early stopping, checkpoint resume, MovieLens run."""
+"""Training loop: determinism, optimizers, early stopping, checkpoint resume, MovieLens run.
+
+The triton collection tests run on CPU under ``TRITON_INTERPRET=1``, which must be set before
+triton is imported.
+"""
 import json
 import math
 import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # noqa: E402  (before anything imports triton)
 
 import numpy as np
 import pytest
@@ -157,6 +163,13 @@ def test_cli_flags_map_to_config():
         config_from_args(parse(["--arch-mlp-bot", "13-8"]), num_dense=2)
     with pytest.raises(ValueError, match="exclude"):
         config_from_args(parse(["--qr-flag", "--md-flag"]))
+    assert gen.embedding_collection is None
+    coll = config_from_args(parse(["--qr-flag", "--embedding-collection", "triton", "--optimizer", "adam"]))
+    assert (coll.embedding_collection, coll.collection_backend, coll.optimizer) == ("triton", "triton", "adam")
+    fused = config_from_args(parse(["--qr-flag", "--optimizer", "sgd_triton_fused"]))
+    assert (fused.embedding_collection, fused.collection_backend) == (None, "triton")
+    with pytest.raises(ValueError, match="'sgd_triton_fused' is fused by the 'triton' collection"):
+        config_from_args(parse(["--qr-flag", "--optimizer", "sgd_triton_fused", "--embedding-collection", "fbgemm"]))
 
 
 def test_cli_train_main_json(tmp_path, capsys):
@@ -226,3 +239,55 @@ def test_resume_ignores_the_progress_bar_option_of_the_data_set(tmp_path):
     other = small_config(checkpoint_dir=str(tmp_path), max_steps=9, dataset_options={"max_ind_range": 5})
     with pytest.raises(ValueError, match="dataset_options"):
         train(other, dataset=ds)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd_triton_fused"])
+def test_triton_collection_trains_and_resumes(tmp_path, optimizer):
+    from compemb.kernels import _triton_tbe
+    import dlrm.train as T
+
+    assert _triton_tbe.INTERPRETED, "compemb.kernels._triton was imported before TRITON_INTERPRET=1 was set"
+    full = tiny_dataset()  # few rows: the interpreter is slow
+    ds = RecDataset("tiny", full._dense, full._labels, full._sparse, ["a", "b", "c"], [50, 7, 200],
+                    {"train": range(0, 64), "val": range(400, 416), "test": range(500, 516)})
+    cfg = dict(optimizer=optimizer, method="qr", threshold=10, max_steps=4, checkpoint_every=2, eval_every=2,
+               batch_size=8, eval_batch_size=16,
+               learning_rate=0.2 if optimizer == "sgd_triton_fused" else 0.02, embedding_collection="triton")
+    model = T.build_model(small_config(**cfg), ds)
+    assert model.collection.backend == "triton" and model.sparse_parameters() == []
+    assert model.collection.optimizer == ("exact_sgd" if optimizer == "sgd_triton_fused" else None)
+    assert model.table_parameters() == {"a": (13 + 4) * 4, "b": 7 * 4, "c": (50 + 4) * 4}
+    reference = train(small_config(checkpoint_dir=str(tmp_path / "full"), **cfg), dataset=ds)
+    assert reference["steps"] == 4 and reference["embedding_params"] == (17 + 7 + 54) * 4
+
+    class Kill(Exception):
+        pass
+
+    def kill_at_3(step):
+        if step == 3:
+            raise Kill
+
+    with pytest.raises(Kill):
+        train(small_config(checkpoint_dir=str(tmp_path / "killed"), **cfg), dataset=ds, step_hook=kill_at_3)
+    resumed = train(small_config(checkpoint_dir=str(tmp_path / "killed"), **cfg), dataset=ds)
+    assert _strip(resumed) == _strip(reference)
+    a = torch.load(tmp_path / "full" / CHECKPOINT_NAME, weights_only=False)["model"]
+    b = torch.load(tmp_path / "killed" / CHECKPOINT_NAME, weights_only=False)["model"]
+    assert a.keys() == b.keys() and "collection.weight" in a
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the tables trained: the final flat weight differs from the initial one
+    assert not torch.equal(a["collection.weight"], model.collection.weight.detach())
+
+
+def test_triton_collection_refuses_unservable_tables_before_training():
+    ds = tiny_dataset()
+    steps = []
+    with pytest.raises(ValueError, match="table 'a'.*method='path'"):
+        train(small_config(method="path", threshold=10, embedding_collection="triton"), dataset=ds,
+              step_hook=steps.append)
+    assert steps == []
+    with pytest.raises(ValueError, match="excludes sparse"):
+        small_config(embedding_collection="triton", sparse=True)
+    with pytest.raises(ValueError, match="embedding_collection must be one of"):
+        small_config(embedding_collection="torch")
