@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compemb.functional import check_max_norm, check_per_sample_weights_dtype, module_bag_input
+from compemb.functional import check_max_norm, module_bag_input
 from compemb.partitions import HashPartition, RemainderPartition
 from compemb.path import _check_int, _check_mode, _pool_rows
 
@@ -172,7 +172,6 @@ class HashEmbeddingBag(nn.Module):
         per_sample_weights: Optional[Tensor] = None,
     ) -> Tensor:
         flat, offsets, per_sample_weights = module_bag_input(self, input, offsets, per_sample_weights)
-        check_per_sample_weights_dtype(per_sample_weights, self.weight.dtype, type(self).__name__)
         if self.scale_grad_by_freq:
             # F.embedding_bag divides by wrong counts (torch 2.13, CPU): gather as F.embedding does
             rows = F.embedding(self.buckets(flat), self.weight, max_norm=self.max_norm, norm_type=self.norm_type,
@@ -417,7 +416,6 @@ class MixedDimEmbeddingBag(nn.Module):
         per_sample_weights: Optional[Tensor] = None,
     ) -> Tensor:
         flat, offsets, per_sample_weights = module_bag_input(self, input, offsets, per_sample_weights)
-        check_per_sample_weights_dtype(per_sample_weights, self.weight.dtype, type(self).__name__)
         if (self.projection is not None and self.mode == "max") or self.scale_grad_by_freq:
             # max does not commute with the projection: project each index, then pool; and
             # F.embedding_bag's scale_grad_by_freq divides by wrong counts (torch 2.13, CPU)

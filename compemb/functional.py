@@ -255,11 +255,14 @@ def normalize_bag_input(
 
 def module_bag_input(module, input, offsets=None, per_sample_weights=None):
     """:func:`normalize_bag_input` with a module's ``include_last_offset``, ``mode``,
-    ``num_embeddings`` and class name (for the error messages)."""
-    return normalize_bag_input(
+    ``num_embeddings`` and class name (for the error messages); ``per_sample_weights`` must also
+    have the dtype of the module's ``weight``."""
+    flat, offsets, per_sample_weights = normalize_bag_input(
         input, offsets, per_sample_weights, include_last_offset=module.include_last_offset,
         mode=module.mode, num_embeddings=module.num_embeddings, name=type(module).__name__,
     )
+    check_per_sample_weights_dtype(per_sample_weights, module.weight.dtype, type(module).__name__)
+    return flat, offsets, per_sample_weights
 
 
 def _normalize(input, offsets, per_sample_weights, include_last_offset, mode, num_embeddings, name):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compemb.functional import check_per_sample_weights_dtype, embedding_bag_codes, module_bag_input
+from compemb.functional import embedding_bag_codes, module_bag_input
 from compemb.partitions import PartitionFamily, quotient_remainder
 
 __all__ = ["PathEmbeddingBag"]
@@ -300,7 +300,6 @@ class PathEmbeddingBag(nn.Module):
         per_sample_weights: Optional[Tensor] = None,
     ) -> Tensor:
         flat, offsets, per_sample_weights = module_bag_input(self, input, offsets, per_sample_weights)
-        check_per_sample_weights_dtype(per_sample_weights, self.weight.dtype, type(self).__name__)
         return _pool_rows(self.compose(flat), offsets, self.mode, per_sample_weights)
 
     def extra_repr(self) -> str:
