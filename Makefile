@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.compemb-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow demo bench clean-venv
+.PHONY: setup test test-slow lint demo bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,12 +23,20 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
 demo: setup
 	$(PY) -m compemb.cli demo
 
+# `make bench` runs the CPU benchmarks; any script of benchmarks/ runs the same way, e.g.
+# `make bench BENCH=bench_fbgemm_cpu BENCH_ARGS="--batch 512"`.
+BENCH ?= bench_encode bench_embedding
+BENCH_ARGS ?=
+
 bench: setup
-	$(PY) benchmarks/bench_encode.py
-	$(PY) benchmarks/bench_embedding.py
+	@for b in $(BENCH); do echo "== benchmarks/$${b%.py}.py"; $(PY) benchmarks/$${b%.py}.py $(BENCH_ARGS) || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)

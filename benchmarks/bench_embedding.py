@@ -1,28 +1,18 @@
-"""Training throughput of embedding lookups for the 26 Criteo Kaggle tables (issue 3, "Measure").
+"""Training throughput of embedding lookups for the 26 Criteo Kaggle tables.
 
 One training step = forward over all 26 tables + backward + a sparse SGD step, batch 2048, d = 16,
-``mode="sum"``, sparse gradients. Cases (a list: append a ``Case`` to add a backend, e.g. FBGEMM):
+``mode="sum"``. Cases (append a ``Case`` to add one): (a) ``full``, one ``nn.EmbeddingBag`` per
+table (the baseline); (b) ``qr-2bag``, quotient–remainder as two pooled ``F.embedding_bag`` calls
+combined afterwards (the reference DLRM approach, with integer quotients); (c) ``compemb-after`` /
+``compemb-before``, ``compemb.QREmbeddingBag`` with ``compose="after_pool"`` / ``"before_pool"``.
+Bags: one-hot, 20-hot and 20-hot-var (lengths uniform in 0..40); indices uniform per table.
 
-  (a) ``full``        one ``nn.EmbeddingBag`` per table (the baseline for memory and speed);
-  (b) ``qr-2bag``     quotient–remainder done as two pooled ``F.embedding_bag`` calls combined
-                      afterwards (the reference DLRM approach, written here from its description,
-                      with integer quotients);
-  (c) ``compemb-after`` / ``compemb-before``: ``compemb.QREmbeddingBag`` with
-                      ``compose="after_pool"`` / ``"before_pool"``.
+Time is this process's CPU time (``--clock cpu``, one torch thread: steady on a shared machine) or
+elapsed time (``--clock wall``, with ``--threads 0`` on a quiet machine). Cardinalities are divided
+by ``--scale``; QR tables use ``--collisions`` on tables with more than ``--threshold`` rows.
+Prints samples/s and ratios against (a) and (b) from the same run (best of interleaved rounds).
 
-Bags: one-hot, 20-hot (every bag 20 indices) and 20-hot-var (lengths uniform in 0..40, mean 20,
-so the general variable-length path is measured too). Indices are uniform over each table.
-
-Time is this process's CPU time by default (``--clock cpu``, with one torch thread): on a
-machine shared with other jobs it is far steadier than elapsed time; ``--clock wall`` measures
-elapsed time instead (use it with ``--threads 0`` on a quiet machine).
-
-Cardinalities are divided by ``--scale`` (ceil, at least 1) so the full tables fit and allocate
-quickly; the QR tables use ``--collisions`` (4, the paper's headline) on every table with more than
-``--threshold`` rows. Prints samples/s, ratios against (a) and (b) measured in the same run
-(best of interleaved rounds), and parameter counts. Never asserts a time.
-
-    python benchmarks/bench_embedding.py                 # default scale 4, ~1-2 min on 2 cores
+    python benchmarks/bench_embedding.py                 # default scale 4
     python benchmarks/bench_embedding.py --scale 1       # full Criteo size (2.2 GB of fp32 tables)
 """
 from __future__ import annotations

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import os
 import statistics
 import sys
@@ -114,7 +113,7 @@ def main(argv=None) -> int:
                 jobs.append((f"qr-{op}-{c}", "qr", op, c, seed, cfg, None))
                 tables = _qr_tables(cfg, ds)
                 hashed_for.setdefault(sum(tables.values()), (op, tables))
-            for params, (op, tables) in hashed_for.items():
+            for op, tables in hashed_for.values():
                 label = f"hash~qr-{'mult/add' if op in ('mult', 'add') else op}-{c}"
                 cfg = base_config(args, seed, method="hash", threshold=args.threshold,
                                   embedding_options={"num_collisions": c})

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compemb.functional import check_max_norm, module_bag_input
-from compemb.partitions import HashPartition, RemainderPartition
-from compemb.path import _check_int, _check_mode, _pool_rows
+from compemb.functional import check_int, check_max_norm, module_bag_input, pool_rows
+from compemb.options import check_mode
+from compemb.partitions import HashPartition, Partition, RemainderPartition
 
 __all__ = ["HashEmbeddingBag", "MixedDimEmbeddingBag", "md_dims"]
 
@@ -76,23 +76,22 @@ class HashEmbeddingBag(nn.Module):
         sparse: bool = False,
         include_last_offset: bool = False,
         _weight: Optional[Tensor] = None,
-        device=None,
-        dtype=None,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1, name)
-        self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1, name)
-        self.mode = _check_mode(mode, name)
+        self.num_embeddings = check_int("num_embeddings", num_embeddings, 1, name)
+        self.embedding_dim = check_int("embedding_dim", embedding_dim, 1, name)
+        self.mode = check_mode(mode, name)
         if (num_buckets is None) == (num_collisions is None):
             raise ValueError(
                 f"{name}: give exactly one of num_buckets and num_collisions, "
                 f"got num_buckets={num_buckets!r}, num_collisions={num_collisions!r}"
             )
         if num_buckets is None:
-            _check_int("num_collisions", num_collisions, 1, name)
-            num_buckets = -(-num_embeddings // num_collisions)
-        _check_int("num_buckets", num_buckets, 1, name)
+            num_buckets = -(-num_embeddings // check_int("num_collisions", num_collisions, 1, name))
+        check_int("num_buckets", num_buckets, 1, name)
         if num_buckets > num_embeddings:
             raise ValueError(
                 f"{name}: num_buckets={num_buckets} exceeds num_embeddings={num_embeddings}; "
@@ -110,7 +109,7 @@ class HashEmbeddingBag(nn.Module):
             raise TypeError(f"{name}: seed must be an int, got {seed!r} ({type(seed).__name__})") from None
         self.seed = seed
         if hash == "remainder":
-            self.partition = RemainderPartition(num_embeddings, num_buckets)
+            self.partition: Partition = RemainderPartition(num_embeddings, num_buckets)
         else:
             self.partition = HashPartition(num_embeddings, num_buckets, seed)
         self.max_norm = check_max_norm(max_norm, name)
@@ -130,7 +129,7 @@ class HashEmbeddingBag(nn.Module):
 
     @classmethod
     def from_pretrained(cls, embeddings: Tensor, num_embeddings: int, freeze: bool = True,
-                        **kwargs) -> "HashEmbeddingBag":
+                        **kwargs: Any) -> "HashEmbeddingBag":
         """Build from a given shared table of ``num_buckets = embeddings.shape[0]`` rows.
 
         Args:
@@ -163,7 +162,7 @@ class HashEmbeddingBag(nn.Module):
 
     def buckets(self, indices: Tensor) -> Tensor:
         """The row of each index (validated: out-of-range indices raise ``IndexError``)."""
-        return self.partition(indices)
+        return cast(Tensor, self.partition(indices))  # (a tensor in, a tensor out)
 
     def forward(
         self,
@@ -176,7 +175,7 @@ class HashEmbeddingBag(nn.Module):
             # F.embedding_bag divides by wrong counts (torch 2.13, CPU): gather as F.embedding does
             rows = F.embedding(self.buckets(flat), self.weight, max_norm=self.max_norm, norm_type=self.norm_type,
                                scale_grad_by_freq=True, sparse=self.sparse)
-            return _pool_rows(rows, offsets, self.mode, per_sample_weights)
+            return pool_rows(rows, offsets, self.mode, per_sample_weights)
         return F.embedding_bag(
             self.buckets(flat),
             self.weight,
@@ -249,8 +248,8 @@ def md_dims(
     alpha = float(alpha)
     if not math.isfinite(alpha) or alpha < 0:
         raise ValueError(f"md_dims: alpha must be a finite number >= 0, got {alpha!r}")
-    _check_int("base_dim", base_dim, 1, "md_dims")
-    _check_int("min_dim", min_dim, 1, "md_dims")
+    check_int("base_dim", base_dim, 1, "md_dims")
+    check_int("min_dim", min_dim, 1, "md_dims")
     if min_dim > base_dim:
         raise ValueError(f"md_dims: min_dim={min_dim} exceeds base_dim={base_dim}")
     if frequencies is None:
@@ -325,27 +324,27 @@ class MixedDimEmbeddingBag(nn.Module):
         mode: str = "mean",
         sparse: bool = False,
         include_last_offset: bool = False,
-        device=None,
-        dtype=None,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1, name)
-        self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1, name)
+        self.num_embeddings = check_int("num_embeddings", num_embeddings, 1, name)
+        self.embedding_dim = check_int("embedding_dim", embedding_dim, 1, name)
         md_dim = embedding_dim if md_dim is None else md_dim
-        self.md_dim = _check_int("md_dim", md_dim, 1, name)
+        self.md_dim = check_int("md_dim", md_dim, 1, name)
         if md_dim > embedding_dim:
             raise ValueError(
                 f"{name}: md_dim={md_dim} exceeds embedding_dim={embedding_dim}; "
                 "a mixed-dimension table is projected up to the base width, never down"
             )
-        self.mode = _check_mode(mode, name)
+        self.mode = check_mode(mode, name)
         self.max_norm = check_max_norm(max_norm, name)
         self.norm_type = norm_type
         self.scale_grad_by_freq = scale_grad_by_freq
         self.sparse = bool(sparse)
         self.include_last_offset = bool(include_last_offset)
-        factory = {"device": device, "dtype": dtype}
+        factory: Dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(num_embeddings, md_dim, **factory))
         if md_dim < embedding_dim:
             self.projection = nn.Parameter(torch.empty(embedding_dim, md_dim, **factory))
@@ -368,7 +367,7 @@ class MixedDimEmbeddingBag(nn.Module):
 
     @classmethod
     def from_pretrained(cls, embeddings: Tensor, projection: Optional[Tensor] = None, freeze: bool = True,
-                        **kwargs) -> "MixedDimEmbeddingBag":
+                        **kwargs: Any) -> "MixedDimEmbeddingBag":
         """Build from a given table and projection (used as is, not copied).
 
         Args:
@@ -424,10 +423,10 @@ class MixedDimEmbeddingBag(nn.Module):
                 scale_grad_by_freq=self.scale_grad_by_freq, sparse=self.sparse,
             )
             if self.projection is None:
-                return _pool_rows(rows, offsets, self.mode, per_sample_weights)
+                return pool_rows(rows, offsets, self.mode, per_sample_weights)
             if self.mode == "max":
-                return _pool_rows(rows @ self.projection.t(), offsets, self.mode, None)
-            return _pool_rows(rows, offsets, self.mode, per_sample_weights) @ self.projection.t()
+                return pool_rows(rows @ self.projection.t(), offsets, self.mode, None)
+            return pool_rows(rows, offsets, self.mode, per_sample_weights) @ self.projection.t()
         pooled = F.embedding_bag(
             flat,
             self.weight,

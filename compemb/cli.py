@@ -1,23 +1,23 @@
 """The ``compemb`` console entry point.
 
 Each sub-command lives in its own module and parses its own arguments; this dispatcher imports
-it only when asked, so ``compemb plan`` needs neither dlrm nor optuna.
+it only when asked, so ``compemb plan`` needs neither dlrm nor optuna. The benchmarks are scripts
+of the source tree, run by ``make bench`` (they are not part of the installed package).
 """
 from __future__ import annotations
 
 import importlib
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 # sub-command -> (module:function, one-line help). The function takes the remaining argv.
-COMMANDS = {
+COMMANDS: Dict[str, Tuple[str, str]] = {
     "plan": ("compemb.plan:main", "table sizes, parameters and compression of a partition plan"),
     "train": ("dlrm.cli:train_main", "train a DLRM (DLRM-style flags)"),
     "data": ("dlrm.cli:data_main", "fetch or prepare data sets (movielens-100k, criteo, synthetic)"),
     "sweep": ("sweeps.cli:main", "Optuna sweeps of parameter count against accuracy"),
     "figures": ("paper_figures.cli:main", "regenerate the paper's figures from a study"),
-    "bench": ("compemb.bench:main", "run the benchmarks under benchmarks/"),
-    "demo": ("sweeps.demo:main", "the main job: a small sweep on MovieLens-100k, then the figures"),
+    "demo": ("paper_figures.demo:main", "the main job: a small sweep on MovieLens-100k, then the figures"),
 }
 
 
@@ -32,6 +32,7 @@ def _usage() -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Dispatch ``compemb <command> [options]``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())

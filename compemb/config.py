@@ -16,10 +16,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, TypeGuard, Union
 
 import torch
 from torch import nn
+
+from compemb.functional import check_int
+from compemb.options import (
+    METHODS,
+    check_backend,
+    check_compose,
+    check_method,
+    check_mode,
+    check_operation,
+)
 
 __all__ = [
     "EmbeddingBagConfig",
@@ -30,14 +40,9 @@ __all__ = [
     "output_width",
 ]
 
-METHODS = ("full", "hash", "qr", "gqr", "crt", "path", "md")
-_OPERATIONS = ("mult", "add", "concat")
-_MODES = ("sum", "mean", "max")
-_COMPOSES = ("before_pool", "after_pool")
-_BACKENDS = ("torch", "triton", "fbgemm", "auto")  # compemb.kernels.BACKEND_NAMES
 
 
-def _is_int(value) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -85,27 +90,13 @@ class EmbeddingBagConfig:
             raise TypeError(f"EmbeddingBagConfig: name must be a non-empty str, got {self.name!r}")
         where = f"EmbeddingBagConfig {self.name!r}"
 
-        def need_int(field: str, minimum: int) -> None:
-            value = getattr(self, field)
-            if not _is_int(value):
-                raise TypeError(f"{where}: {field} must be an int, got {value!r} ({type(value).__name__})")
-            if value < minimum:
-                raise ValueError(f"{where}: {field} must be >= {minimum}, got {value}")
-
-        def need_choice(field: str, choices) -> None:
-            value = getattr(self, field)
-            if value not in choices:
-                raise ValueError(f"{where}: {field} must be one of {choices}, got {value!r}")
-
-        need_int("num_embeddings", 1)
-        need_int("embedding_dim", 1)
-        need_choice("method", METHODS)
-        need_choice("operation", _OPERATIONS)
-        need_int("num_collisions", 1)
-        need_int("k", 1)
-        need_choice("mode", _MODES)
-        need_choice("compose", _COMPOSES)
-        need_choice("backend", _BACKENDS)
+        for field in ("num_embeddings", "embedding_dim", "num_collisions", "k"):
+            check_int(field, getattr(self, field), 1, where)
+        check_method(self.method, where)
+        check_operation(self.operation, where)
+        check_mode(self.mode, where)
+        check_compose(self.compose, where)
+        check_backend(self.backend, where)
         if isinstance(self.hidden_dims, (str, bytes)) or not hasattr(self.hidden_dims, "__iter__"):
             raise TypeError(f"{where}: hidden_dims must be a sequence of ints, got {self.hidden_dims!r}")
         hidden = tuple(self.hidden_dims)
@@ -114,7 +105,7 @@ class EmbeddingBagConfig:
                 raise ValueError(f"{where}: hidden_dims must hold ints >= 1, got {self.hidden_dims!r}")
         object.__setattr__(self, "hidden_dims", hidden)
         if self.md_dim is not None:
-            need_int("md_dim", 1)
+            check_int("md_dim", self.md_dim, 1, where)
             if self.md_dim > self.embedding_dim:
                 raise ValueError(
                     f"{where}: md_dim={self.md_dim} exceeds embedding_dim={self.embedding_dim} "
@@ -167,15 +158,10 @@ def _compressed_embedding_bag(config: EmbeddingBagConfig, sparse, include_last_o
         from compemb.path import PathEmbeddingBag
 
         return PathEmbeddingBag(n, d, num_collisions=config.num_collisions, hidden_dims=config.hidden_dims, **common)
-    from compemb import partitions
     from compemb.modules import CompositionalEmbeddingBag
+    from compemb.partitions import family_for_method
 
-    if method == "qr":
-        family = partitions.quotient_remainder(n, config.num_collisions)
-    elif method == "gqr":
-        family = partitions.generalized_qr(n, k=config.k)
-    else:  # crt
-        family = partitions.chinese_remainder(n, k=config.k)
+    family = family_for_method(method, n, num_collisions=config.num_collisions, k=config.k)
     return CompositionalEmbeddingBag(
         n, d, family=family, operation=config.operation, compose=config.compose, backend=config.backend, **common
     )
@@ -194,8 +180,8 @@ def build_embedding_bag(
     *,
     sparse: bool = False,
     include_last_offset: bool = False,
-    device=None,
-    dtype=None,
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: Optional[torch.dtype] = None,
     fallback: bool = True,
 ) -> nn.Module:
     """Build the module a :class:`EmbeddingBagConfig` describes; its output width is ``embedding_dim``.
@@ -254,10 +240,10 @@ def build_embedding_bag(
         built_method = "full"
     else:
         built_method = config.method
-    built.config = config
-    built.requested_method = config.method
-    built.built_method = built_method
-    built.fallback_reason = reason
+    decision = {"config": config, "requested_method": config.method, "built_method": built_method,
+                "fallback_reason": reason}
+    for attr, value in decision.items():
+        setattr(built, attr, value)
     return built
 
 
@@ -296,8 +282,9 @@ def _num_categories(module: nn.Module) -> int:
 def output_width(module: nn.Module) -> int:
     """The width of the vectors ``module`` returns.
 
-    ``output_dim`` when the module declares it, else ``embedding_dim`` when it is an int; for the reference-DLRM style ``embedding_dim`` list of
-    per-table widths, their sum under ``operation="concat"`` and the common width otherwise.
+    ``output_dim`` when the module declares it, else ``embedding_dim`` when it is an int; for the
+    reference-DLRM style ``embedding_dim`` list of per-table widths, their sum under
+    ``operation="concat"`` and the common width otherwise.
     """
     declared = getattr(module, "output_dim", None)  # e.g. compemb's QREmbeddingBag
     if _is_int(declared):

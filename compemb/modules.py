@@ -1,50 +1,33 @@
 """Thin ``nn.Module``s over :mod:`compemb.functional`, in the style of ``torch.nn.EmbeddingBag``.
 
-* :class:`CompositionalEmbeddingBag`: any partition family, any operation, output width
-  ``embedding_dim`` whatever the operation.
-* :class:`QREmbeddingBag`: a drop-in for the ``QREmbeddingBag`` of facebookresearch/dlrm
-  (``tricks/qr_embedding_bag.py``): same constructor, argument order, attributes and output
-  widths, with three faults fixed (integer quotients, composition per index by default, an
-  initialisation at the scale of a full table).
+:class:`CompositionalEmbeddingBag` takes any partition family and operation and always returns
+``embedding_dim`` wide vectors; :class:`QREmbeddingBag` is a drop-in for the ``QREmbeddingBag`` of
+facebookresearch/dlrm with its faults fixed. Both have the ``nn.EmbeddingBag`` forward contract
+and validate their input with one device-to-host copy.
 
-Both have the ``nn.EmbeddingBag`` forward contract: ``forward(input, offsets=None,
-per_sample_weights=None)`` with 1-D ``input`` and ``offsets`` or 2-D ``input``;
-``include_last_offset``; ``per_sample_weights`` with ``mode="sum"`` (of the tables' dtype, as
-``nn.EmbeddingBag`` requires: another dtype raises ``TypeError``); empty bags give zeros.
-``mode="max"`` back-propagates to the first maximum of each bag only, as ``nn.EmbeddingBag``.
+Example::
 
-Cost of a forward beyond the lookups: one validation pass (``aminmax`` of the indices, plus the
-offsets' first/last entries and smallest/largest step unless they are ``arange(B)`` — checked
-with one ``torch.equal`` on CPU), read back to the host in one small copy: on CUDA that is the
-forward's single device-to-host sync (checked on an H100 with ``torch.cuda.set_sync_debug_mode``
-for both modules, every mode, 1-D/2-D input, one-hot and variable bags). Everything else the
-kernels need (all bags of one length?) comes from that read, the family's own range check is
-skipped, ``backend="torch"`` is called without resolution, and ``QREmbeddingBag`` encodes with
-one division and one multiply-subtract into two index tensors (no ``(2, N)`` stack). Non-torch
-backends may add syncs of their own (e.g. the longest bag for Triton's launch).
+    >>> bag = QREmbeddingBag(1000, 16, num_collisions=4, mode="sum")
+    >>> bag(torch.tensor([[1, 2], [999, 0]])).shape
+    torch.Size([2, 16])
 """
 from __future__ import annotations
 
 import functools
 import operator
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from compemb import functional as CF
-from compemb.kernels import BACKEND_NAMES, Backend, BackendUnavailableError, resolve_backend
+from compemb.kernels import Backend, BackendUnavailableError, resolve_backend
+from compemb.options import check_backend, check_compose, check_mode, check_operation
 from compemb.partitions import (
     PartitionFamily, QuotientPartition, RemainderPartition, ResiduePartition, quotient_remainder, split_dim,
 )
 
 __all__ = ["CompositionalEmbeddingBag", "QREmbeddingBag"]
-
-
-def _check_positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive int, got {value!r}")
-    return value
 
 
 def _as_width(value, what: str) -> int:
@@ -75,10 +58,14 @@ def _check_tables(tables: Sequence[torch.Tensor], what: str) -> None:
 class _BackendMixin:
     """Resolve ``self.backend`` once per configuration and call it (shared by both modules)."""
 
-    def _check_backend_name(self, backend: str) -> str:
-        if backend not in BACKEND_NAMES:
-            raise ValueError(f"unknown backend {backend!r}; expected one of {BACKEND_NAMES}")
-        return backend
+    backend: str
+    operation: str
+    mode: str
+    compose: str
+    sparse: bool
+    max_norm: Optional[float]
+    norm_type: float
+    scale_grad_by_freq: bool
 
     def _resolve(self, weights: Sequence[torch.Tensor], has_psw: bool) -> Backend:
         requires_grad = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
@@ -98,12 +85,10 @@ class _BackendMixin:
                         f"backend {name!r} cannot serve scale_grad_by_freq=True; use backend='torch'"
                     )
                 name = "torch"
-            backend = resolve_backend(
-                name, operation=self.operation, mode=self.mode, compose=self.compose,
-                k=len(weights), dtype=weights[0].dtype, device=weights[0].device,
-                per_sample_weights=has_psw, sparse=self.sparse, max_norm=self.max_norm,
-                requires_grad=requires_grad,
+            options = CF.backend_options(
+                weights, self.operation, self.mode, self.compose, has_psw, self.sparse, self.max_norm
             )
+            backend = resolve_backend(name, options)
             cache[key] = backend
         self.__dict__["_last_backend"] = backend.name
         return backend
@@ -114,7 +99,14 @@ class _BackendMixin:
             return f"backend=auto ({last})"
         return f"backend={self.backend}"
 
-    def _run(self, codes, offsets, weights, psw, bag_len=CF._UNKNOWN) -> torch.Tensor:
+    def _run(
+        self,
+        codes: Union[torch.Tensor, Sequence[torch.Tensor]],
+        offsets: torch.Tensor,
+        weights: Sequence[torch.Tensor],
+        psw: Optional[torch.Tensor],
+        bag_len: Optional[int] = CF.UNKNOWN_BAG_LEN,
+    ) -> torch.Tensor:
         """Pool ``codes`` (a ``(k, N)`` tensor or k ``(N,)`` tensors) with the configured backend."""
         if psw is not None and psw.dtype != weights[0].dtype:  # (as nn.EmbeddingBag: no silent cast)
             CF.check_per_sample_weights_dtype(psw, weights[0].dtype, type(self).__name__)
@@ -124,14 +116,15 @@ class _BackendMixin:
             backend = self._resolve(weights, psw is not None)
             if backend.name != "torch":
                 if not isinstance(codes, torch.Tensor):  # the kernel contract: one (k, N) tensor
-                    codes = torch.stack(codes)
+                    codes = torch.stack(list(codes))
                 extras = CF.kernel_extras(self.sparse, self.max_norm, self.norm_type, self.scale_grad_by_freq)
                 return backend.embedding_bag(
                     codes, offsets, list(weights), self.operation, self.mode, self.compose, psw, **extras
                 )
-        return CF._embedding_bag_codes_unchecked(
-            codes, offsets, weights, self.operation, self.mode, self.compose, psw,
-            self.sparse, self.max_norm, self.norm_type, self.scale_grad_by_freq, bag_len,
+        return CF.embedding_bag_codes(
+            codes, offsets, weights, self.operation, self.mode, self.compose, psw, sparse=self.sparse,
+            max_norm=self.max_norm, norm_type=self.norm_type, scale_grad_by_freq=self.scale_grad_by_freq,
+            trusted=True, bag_len=bag_len,
         )
 
 
@@ -198,12 +191,13 @@ class CompositionalEmbeddingBag(_BackendMixin, nn.Module):
         "num_embeddings", "embedding_dim", "operation", "mode", "compose", "max_norm",
         "norm_type", "scale_grad_by_freq", "sparse", "include_last_offset",
     ]
+    num_collisions: Optional[int]
 
     def __init__(
         self,
         num_embeddings: int,
         embedding_dim: int,
-        family=None,
+        family: Optional[PartitionFamily] = None,
         operation: str = "mult",
         mode: str = "mean",
         compose: str = "before_pool",
@@ -216,19 +210,20 @@ class CompositionalEmbeddingBag(_BackendMixin, nn.Module):
         norm_type: float = 2.0,
         scale_grad_by_freq: bool = False,
         backend: str = "torch",
-        device=None,
-        dtype=None,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[torch.dtype] = None,
         _weights: Optional[Sequence[torch.Tensor]] = None,
     ) -> None:
         super().__init__()
-        self.num_embeddings = _check_positive_int(num_embeddings, "num_embeddings")
-        self.embedding_dim = _check_positive_int(embedding_dim, "embedding_dim")
-        self.operation = CF.check_operation(operation)
-        self.mode = CF.check_mode(mode)
-        self.compose = CF.check_compose(compose)
-        self.backend = self._check_backend_name(backend)
+        name = type(self).__name__
+        self.num_embeddings = CF.check_int("num_embeddings", num_embeddings, 1, name)
+        self.embedding_dim = CF.check_int("embedding_dim", embedding_dim, 1, name)
+        self.operation = check_operation(operation, name)
+        self.mode = check_mode(mode, name)
+        self.compose = check_compose(compose, name)
+        self.backend = check_backend(backend, name)
         if family is None:
-            family = quotient_remainder(num_embeddings, _check_positive_int(num_collisions, "num_collisions"))
+            family = quotient_remainder(num_embeddings, CF.check_int("num_collisions", num_collisions, 1, name))
             self.num_collisions = num_collisions
         else:
             if not isinstance(family, PartitionFamily):
@@ -266,14 +261,14 @@ class CompositionalEmbeddingBag(_BackendMixin, nn.Module):
         self.dims = dims
         self.include_last_offset = bool(include_last_offset)
         self.sparse = bool(sparse)
-        self.max_norm = CF.check_max_norm(max_norm, type(self).__name__)
+        self.max_norm = CF.check_max_norm(max_norm, name)
         self.norm_type = norm_type
         self.scale_grad_by_freq = bool(scale_grad_by_freq)
         if self.sparse and self.scale_grad_by_freq:
             raise ValueError("scale_grad_by_freq=True is not supported with sparse=True (as in torch)")
 
         shapes = [(int(rows), d) for rows, d in zip(family.table_sizes, dims)]
-        factory = {"device": device, "dtype": dtype}
+        factory: Dict[str, Any] = {"device": device, "dtype": dtype}
         if _weights is None:
             self.weights = nn.ParameterList(
                 [nn.Parameter(torch.empty(shape, **factory)) for shape in shapes]
@@ -299,11 +294,11 @@ class CompositionalEmbeddingBag(_BackendMixin, nn.Module):
     def from_pretrained(
         cls,
         embeddings: Sequence[torch.Tensor],
-        family=None,
+        family: Optional[PartitionFamily] = None,
         num_embeddings: Optional[int] = None,
         freeze: bool = True,
         operation: str = "mult",
-        **kwargs,
+        **kwargs: Any,
     ) -> "CompositionalEmbeddingBag":
         """Build from given component tables.
 
@@ -350,7 +345,7 @@ class CompositionalEmbeddingBag(_BackendMixin, nn.Module):
         offsets: Optional[torch.Tensor] = None,
         per_sample_weights: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        flat, full_offsets, psw, bag_len = CF._normalize(
+        flat, full_offsets, psw, bag_len = CF.bag_input(
             input, offsets, per_sample_weights, self.include_last_offset, self.mode,
             self.num_embeddings, type(self).__name__,
         )
@@ -446,11 +441,12 @@ class QREmbeddingBag(_BackendMixin, nn.Module):
         include_last_offset: bool = False,
         compose: str = "before_pool",
         backend: str = "torch",
-        device=None,
-        dtype=None,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        self.num_categories = _check_positive_int(num_categories, "num_categories")
+        name = type(self).__name__
+        self.num_categories = CF.check_int("num_categories", num_categories, 1, name)
         if isinstance(embedding_dim, int) or not isinstance(embedding_dim, (list, tuple, torch.Size)):
             width = embedding_dim if isinstance(embedding_dim, int) else _as_width(embedding_dim, "embedding_dim")
             dims = [width, width]
@@ -461,25 +457,25 @@ class QREmbeddingBag(_BackendMixin, nn.Module):
             if len(dims) != 2:
                 raise ValueError(f"embedding_dim must be an int or [d_q, d_r], got {embedding_dim!r}")
         for d in dims:
-            _check_positive_int(d, "embedding_dim")
+            CF.check_int("embedding_dim", d, 1, name)
         self.embedding_dim = dims
-        self.num_collisions = _check_positive_int(num_collisions, "num_collisions")
-        self.operation = CF.check_operation(operation)
+        self.num_collisions = CF.check_int("num_collisions", num_collisions, 1, name)
+        self.operation = check_operation(operation, name)
         if operation in ("add", "mult") and dims[0] != dims[1]:
             raise ValueError(f"operation={operation!r} needs equal widths, got embedding_dim={dims}")
-        self.max_norm = CF.check_max_norm(max_norm, type(self).__name__)
+        self.max_norm = CF.check_max_norm(max_norm, name)
         self.norm_type = norm_type
         self.scale_grad_by_freq = bool(scale_grad_by_freq)
-        self.mode = CF.check_mode(mode)
+        self.mode = check_mode(mode, name)
         self.sparse = bool(sparse)
         if self.sparse and self.scale_grad_by_freq:
             raise ValueError("scale_grad_by_freq=True is not supported with sparse=True (as in torch)")
         self.include_last_offset = bool(include_last_offset)
-        self.compose = CF.check_compose(compose)
-        self.backend = self._check_backend_name(backend)
+        self.compose = check_compose(compose, name)
+        self.backend = check_backend(backend, name)
         # integer ceil(n / m), exact for every size
         self.num_embeddings = [-(-num_categories // num_collisions), num_collisions]
-        factory = {"device": device, "dtype": dtype}
+        factory: Dict[str, Any] = {"device": device, "dtype": dtype}
         if _weight is None:
             self.weight_q = nn.Parameter(torch.empty(self.num_embeddings[0], dims[0], **factory))
             self.weight_r = nn.Parameter(torch.empty(self.num_embeddings[1], dims[1], **factory))
@@ -537,8 +533,8 @@ class QREmbeddingBag(_BackendMixin, nn.Module):
         # is one multiply-subtract (x - m q) rather than a second division
         m = self.num_collisions
         if flat.device.type == "cpu" and not torch.compiler.is_compiling():
-            # numpy divides int64 by a scalar about twice as fast as torch on CPU (3 µs against
-            # 6 µs for 2048 indices, measured here): it precomputes a multiply-shift divisor
+            # numpy divides int64 by a scalar faster than torch on CPU: it precomputes a
+            # multiply-shift divisor
             q = torch.from_numpy(flat.numpy() // m)
         else:
             q = torch.div(flat, m, rounding_mode="trunc")
@@ -550,12 +546,12 @@ class QREmbeddingBag(_BackendMixin, nn.Module):
         offsets: Optional[torch.Tensor] = None,
         per_sample_weights: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        flat, full_offsets, psw, bag_len = CF._normalize(
+        flat, full_offsets, psw, bag_len = CF.bag_input(
             input, offsets, per_sample_weights, self.include_last_offset, self.mode,
             self.num_categories, type(self).__name__,
         )
-        # (dict lookups: nn.Module.__getattr__ costs ~0.6 µs a name; nn.DataParallel replicas hold
-        # the tables as plain attributes instead)
+        # (dict lookups: nn.Module.__getattr__ is slow on this hot path; nn.DataParallel replicas
+        # hold the tables as plain attributes instead)
         params = self._parameters
         weight_q, weight_r = params.get("weight_q"), params.get("weight_r")
         if weight_q is None or weight_r is None:

@@ -12,23 +12,22 @@ and the remainder picks one of ``m`` maps, as in the paper's path-based experime
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compemb.functional import embedding_bag_codes, module_bag_input
+from compemb.functional import check_int, module_bag_input, pool_rows
+from compemb.options import check_mode
 from compemb.partitions import PartitionFamily, quotient_remainder
 
-__all__ = ["PathEmbeddingBag"]
-
-_MODES = ("sum", "mean", "max")
+__all__ = ["PathEmbeddingBag", "path_family"]
 
 # activation name -> (function, energy gain^2 of the activation on symmetric inputs of the size
 # an embedding has, ~sqrt(1/n)). ReLU keeps half the energy of a symmetric input; tanh is linear
 # near zero, so it keeps all of it.
-_ACTIVATIONS = {
+_ACTIVATIONS: Dict[str, Tuple[Callable[[Tensor], Tensor], float]] = {
     "relu": (F.relu, 2.0),
     "leaky_relu": (F.leaky_relu, 2.0 / (1.0 + 0.01**2)),
     "tanh": (torch.tanh, 1.0),
@@ -36,30 +35,18 @@ _ACTIVATIONS = {
 }
 
 
-def _check_int(name: str, value, minimum: int, owner: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}: {name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
-    return value
+def path_family(num_embeddings: int, num_collisions: int) -> PartitionFamily:
+    """The default family of :class:`PathEmbeddingBag`: ``[x // m, x % m]``, quotient first.
 
+    The quotient (``ceil(n / m)`` classes) indexes the base table; the remainder picks one of
+    ``m`` maps.
 
-def _check_mode(mode, owner: str) -> str:
-    if mode not in _MODES:
-        raise ValueError(f"{owner}: mode must be one of {_MODES}, got {mode!r}")
-    return mode
+    Example::
 
-
-def _pool_rows(
-    rows: Tensor, offsets: Tensor, mode: str, per_sample_weights: Optional[Tensor]
-) -> Tensor:
-    """Pool per-index vectors ``rows`` (N, D) into bags given normalised ``offsets`` (B + 1,).
-
-    The functional core's reference pooling, applied to the rows themselves (a one-table "family"
-    whose code of index i is i), so autograd flows into ``rows``; empty bags give zeros.
+        >>> path_family(10, 4).table_sizes
+        (3, 4)
     """
-    positions = torch.arange(rows.shape[0], device=rows.device).unsqueeze(0)
-    return embedding_bag_codes(positions, offsets, [rows], "add", mode, "before_pool", per_sample_weights)
+    return PartitionFamily(reversed(list(quotient_remainder(num_embeddings, num_collisions))))
 
 
 class _SparseRowGather(torch.autograd.Function):
@@ -75,7 +62,7 @@ class _SparseRowGather(torch.autograd.Function):
         return weight.index_select(0, idx)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
+    def backward(ctx, grad: Tensor) -> Tuple[Tensor, None]:
         (idx,) = ctx.saved_tensors
         sparse_grad = torch.sparse_coo_tensor(
             idx.unsqueeze(0), grad.contiguous(), ctx.weight_shape, check_invariants=False
@@ -131,9 +118,12 @@ class _ClassMaps(nn.Module):
     ``x @ W[c]``) and, for an MLP, ``biases[l]`` of shape ``(num_classes, out_l)``.
     """
 
-    def __init__(self, num_classes: int, dims: Sequence[int], bias: bool, device, dtype):
+    biases: Optional[nn.ParameterList]
+
+    def __init__(self, num_classes: int, dims: Sequence[int], bias: bool,
+                 device: Optional[Union[str, torch.device]], dtype: Optional[torch.dtype]) -> None:
         super().__init__()
-        factory = {"device": device, "dtype": dtype}
+        factory: Dict[str, Any] = {"device": device, "dtype": dtype}
         self.num_classes = num_classes
         self.dims = tuple(dims)
         self.weights = nn.ParameterList(
@@ -203,6 +193,8 @@ class PathEmbeddingBag(nn.Module):
         torch.Size([2, 16])
     """
 
+    num_collisions: Optional[int]
+
     def __init__(
         self,
         num_embeddings: int,
@@ -215,27 +207,25 @@ class PathEmbeddingBag(nn.Module):
         sparse: bool = False,
         include_last_offset: bool = False,
         allow_collisions: bool = False,
-        device=None,
-        dtype=None,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1, name)
-        self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1, name)
-        self.mode = _check_mode(mode, name)
+        self.num_embeddings = check_int("num_embeddings", num_embeddings, 1, name)
+        self.embedding_dim = check_int("embedding_dim", embedding_dim, 1, name)
+        self.mode = check_mode(mode, name)
         if activation not in _ACTIVATIONS:
             raise ValueError(f"{name}: activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
         hidden_dims = tuple(hidden_dims)
         for h in hidden_dims:
-            _check_int("each of hidden_dims", h, 1, name)
+            check_int("each of hidden_dims", h, 1, name)
         self.hidden_dims = hidden_dims
         self.sparse = bool(sparse)
         self.include_last_offset = bool(include_last_offset)
         if family is None:
-            _check_int("num_collisions", num_collisions, 1, name)
-            qr = quotient_remainder(num_embeddings, num_collisions)
-            family = PartitionFamily([qr[1], qr[0]])  # quotient -> base table, remainder -> maps
+            family = path_family(num_embeddings, check_int("num_collisions", num_collisions, 1, name))
             self.num_collisions = num_collisions
         else:
             if not isinstance(family, PartitionFamily):
@@ -252,7 +242,7 @@ class PathEmbeddingBag(nn.Module):
             )
         self.family = family
         sizes = tuple(int(s) for s in family.table_sizes)
-        factory = {"device": device, "dtype": dtype}
+        factory: Dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(sizes[0], embedding_dim, **factory))
         dims = (embedding_dim,) + hidden_dims + (embedding_dim,)
         self.maps = nn.ModuleList(
@@ -260,13 +250,16 @@ class PathEmbeddingBag(nn.Module):
         )
         self.reset_parameters()
 
+    def _class_maps(self) -> List[_ClassMaps]:
+        return [cast(_ClassMaps, maps) for maps in self.maps]
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Base table U(±sqrt(1/n)); per-class maps (semi-)orthogonal with energy-keeping gains."""
         bound = math.sqrt(1.0 / self.num_embeddings)
         nn.init.uniform_(self.weight, -bound, bound)
         activation_gain2 = _ACTIVATIONS[self.activation][1]
-        for maps in self.maps:
+        for maps in self._class_maps():
             for layer, weight in enumerate(maps.weights):
                 _, fan_in, fan_out = weight.shape
                 gain2 = fan_in / min(fan_in, fan_out)
@@ -279,10 +272,10 @@ class PathEmbeddingBag(nn.Module):
 
     def compose(self, indices: Tensor) -> Tensor:
         """The composed embedding ``(N, D)`` of each index in a 1-D int64 tensor (validated)."""
-        codes = self.family.encode(indices)
+        codes = cast(Tensor, self.family.encode(indices))
         x = F.embedding(codes[0], self.weight, sparse=self.sparse)
         act = _ACTIVATIONS[self.activation][0]
-        for j, maps in enumerate(self.maps):  # loop over partitions and layers, never classes
+        for j, maps in enumerate(self._class_maps()):  # loop over partitions and layers, never classes
             classes = codes[j + 1]
             last = len(maps.weights) - 1
             for layer, weight in enumerate(maps.weights):
@@ -300,7 +293,7 @@ class PathEmbeddingBag(nn.Module):
         per_sample_weights: Optional[Tensor] = None,
     ) -> Tensor:
         flat, offsets, per_sample_weights = module_bag_input(self, input, offsets, per_sample_weights)
-        return _pool_rows(self.compose(flat), offsets, self.mode, per_sample_weights)
+        return pool_rows(self.compose(flat), offsets, self.mode, per_sample_weights)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}, table_sizes={tuple(self.family.table_sizes)}"

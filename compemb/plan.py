@@ -1,29 +1,11 @@
 """``compemb plan``: table sizes, parameters and compression of a partition plan.
 
-For a list of embedding-table cardinalities, a dimension and a method, print one row per feature
-(rows, classes per partition, parameters before and after) and the totals with the compression
-ratio. Only tables with more rows than ``--threshold`` are compressed (DLRM's
-``--qr-threshold``); the others stay full tables.
-
-Methods (one table per partition; ``--operation`` combines the rows):
-
-* ``full``: the full table (the identity partition).
-* ``hash``: the hashing trick, ``ceil(rows / collisions)`` buckets.
-* ``qr``: quotient-remainder, tables of ``collisions`` and ``ceil(rows / collisions)`` rows.
-
-For ``hash`` and ``qr`` a table with no more rows than ``collisions`` stays full (everything
-would share one class), as in ``compemb.config.build_embedding_bag``.
-* ``gqr``: generalized QR, ``k`` mixed-radix digits with radices near ``rows ** (1/k)``.
-* ``crt``: Chinese remainder, ``k`` pairwise-coprime moduli near ``rows ** (1/k)``.
-* ``path``: path-based (:class:`compemb.path.PathEmbeddingBag`): a base table of
-  ``ceil(rows / collisions)`` rows and one ``dim -> hidden... -> dim`` map (``--hidden-dims``) per
-  remainder class; a table with no more rows than ``collisions`` stays full.
-* ``md``: mixed dimension (:class:`compemb.baselines.MixedDimEmbeddingBag`): widths by
-  :func:`compemb.baselines.md_dims` over all the cardinalities (``--alpha``, base width ``--dim``),
-  each table projected to ``--dim``.
-
-With ``--operation concat`` the output width stays ``--dim``: the ``k`` tables share it
-(:func:`compemb.partitions.split_dim`); with ``mult`` and ``add`` every table is ``--dim`` wide.
+For a list of embedding-table cardinalities, a dimension and a method (``full``, ``hash``, ``qr``,
+``gqr``, ``crt``, ``path``, ``md``), print one row per feature (rows, classes per partition,
+parameters before and after) and the totals with the compression ratio. Only tables with more
+rows than ``--threshold`` are compressed (DLRM's ``--qr-threshold``); the others, and hash / qr /
+path tables with no more rows than ``--collisions``, stay full tables (as
+:func:`compemb.config.build_embedding_bag` does).
 
 Example::
 
@@ -39,15 +21,9 @@ import sys
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from compemb.partitions import (
-    OPERATIONS,
-    HashPartition,
-    PartitionFamily,
-    chinese_remainder,
-    generalized_qr,
-    naive,
-    quotient_remainder,
-)
+from compemb.options import METHODS, OPERATIONS, check_method
+from compemb.partitions import HashPartition, PartitionFamily, family_for_method, naive
+from compemb.path import path_family
 
 #: The 26 categorical cardinalities of Criteo Kaggle after DLRM-style preprocessing
 #: (sum 33,762,577; 540.2M parameters at D = 16).
@@ -55,8 +31,6 @@ CRITEO_KAGGLE_CARDINALITIES: Tuple[int, ...] = (
     1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
     5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
 )
-
-METHODS = ("full", "hash", "qr", "gqr", "crt", "path", "md")
 
 
 @dataclass(frozen=True)
@@ -85,8 +59,7 @@ def plan_table(name: str, rows: int, dim: int, method: str, num_collisions: int 
         >>> plan_table("C3", 10131227, 16, "qr", num_collisions=4).family.table_sizes
         (4, 2532807)
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_method(method)
     before = rows * dim
     note = ""
     applied = method
@@ -97,15 +70,10 @@ def plan_table(name: str, rows: int, dim: int, method: str, num_collisions: int 
         family, applied, note = naive(rows), "full", f"collisions {num_collisions} >= rows"
     elif method == "hash":
         family = PartitionFamily([HashPartition(rows, -(-rows // num_collisions))])
-    elif method == "qr":
-        family = quotient_remainder(rows, num_collisions)
-    elif method == "gqr":
-        family = generalized_qr(rows, k=k)
     elif method == "path":
-        # PathEmbeddingBag's default family: the quotient indexes the base table, the remainder
-        # picks one map per class (weights in*out per layer, biases for an MLP)
-        qr = quotient_remainder(rows, num_collisions)
-        family = PartitionFamily([qr[1], qr[0]])
+        # the quotient indexes the base table, the remainder picks one map per class (weights
+        # in*out per layer, biases for an MLP)
+        family = path_family(rows, num_collisions)
         dims = (dim,) + tuple(hidden_dims) + (dim,)
         per_class = sum(a * b for a, b in zip(dims[:-1], dims[1:])) + (sum(dims[1:]) if hidden_dims else 0)
         after = family.table_sizes[0] * dim + family.table_sizes[1] * per_class
@@ -117,8 +85,8 @@ def plan_table(name: str, rows: int, dim: int, method: str, num_collisions: int 
         family = naive(rows)
         after = rows * width + (dim * width if width < dim else 0)
         return TablePlan(name, rows, applied, family, before, after, f"dim {width}")
-    else:
-        family = chinese_remainder(rows, k=k)
+    else:  # qr, gqr, crt
+        family = family_for_method(method, rows, num_collisions=num_collisions, k=k)
     op = operation if family.k > 1 else "mult"  # one table: the operation is irrelevant
     return TablePlan(name, rows, applied, family, before, family.num_parameters(dim, op), note)
 
@@ -206,7 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(str(e))
         source = f"{args.cardinalities} ({len(cards)} features)"
 
-    md = [None] * len(cards)
+    md: Sequence[Optional[int]] = [None] * len(cards)
     if args.method == "md":
         from compemb.baselines import md_dims
 

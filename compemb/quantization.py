@@ -3,15 +3,10 @@
 :func:`quantize` takes a trained :class:`~compemb.modules.CompositionalEmbeddingBag`,
 :class:`~compemb.modules.QREmbeddingBag` or ``torch.nn.EmbeddingBag`` and returns a
 :class:`QuantizedEmbeddingBag` with the same forward contract, whose tables live in FBGEMM's
-``IntNBitTableBatchedEmbeddingBagsCodegen``. Every row is stored as ``bits``-bit integers with its
-own fp16 scale and bias (row-wise asymmetric quantisation: ``x ~ scale * q + bias`` with
-``scale = (max - min) / (2**bits - 1)``), so a row's error is at most half a step,
-``scale / 2``, plus the fp16 rounding of scale and bias. QR (about 4x fewer rows) and int4
-(about 8x fewer bytes per row than fp32) stack to about 32x smaller tables.
-
-Where FBGEMM's per-table pooling is exact (``add``/``concat`` with sum/mean; ``mult`` after
-pooling; one table), the lookup pools inside FBGEMM; otherwise (``mult`` before pooling, ``max``)
-the rows are fetched unpooled and composed and pooled in torch.
+``IntNBitTableBatchedEmbeddingBagsCodegen``: row-wise ``bits``-bit integers with an fp16 scale
+and bias per row (``x ~ scale * q + bias``), so a row's error is at most half a step plus the
+fp16 rounding. QR (about 4x fewer rows) and int4 (about 8x fewer bytes per row) stack to about
+32x smaller tables. See ``docs/architecture.md`` for when the lookup pools inside FBGEMM.
 
 Example::
 
@@ -26,17 +21,20 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from compemb import functional as CF
+from compemb.kernels import combine_pooled, exactness_reason, tbe_inputs
 
 __all__ = ["QuantizedEmbeddingBag", "quantize", "quantization_error"]
 
 
-def _export_spec(module: nn.Module):
+def _export_spec(
+    module: nn.Module,
+) -> Tuple[List[torch.Tensor], Callable[[torch.Tensor], Any], str, str, str, int, bool]:
     """(weights, encode, operation, mode, compose, num_embeddings, include_last_offset)."""
     from compemb.modules import CompositionalEmbeddingBag, QREmbeddingBag
 
@@ -67,14 +65,13 @@ class QuantizedEmbeddingBag(nn.Module):
         offsets; output ``(B, D_out)`` float32.
     """
 
-    def __init__(self, weights: Sequence[torch.Tensor], encode, operation: str, mode: str, compose: str,
+    def __init__(self, weights: Sequence[torch.Tensor], encode: Callable[[torch.Tensor], Any],
+                 operation: str, mode: str, compose: str,
                  num_embeddings: int, include_last_offset: bool, bits: int) -> None:
         super().__init__()
         from fbgemm_gpu.split_embedding_configs import SparseType
         from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
         from fbgemm_gpu.split_table_batched_embeddings_ops_inference import IntNBitTableBatchedEmbeddingBagsCodegen
-
-        from compemb.kernels._fbgemm import exactness_reason
 
         if bits not in (8, 4):
             raise ValueError(f"bits must be 8 or 4, got {bits!r}")
@@ -96,7 +93,7 @@ class QuantizedEmbeddingBag(nn.Module):
         weights = [torch.cat([w, w[:, :1].expand(-1, p - d)], dim=1) if p != d else w
                    for w, d, p in zip(weights, self.widths, self.padded_widths)]
 
-        def make(tables, pooling):
+        def make(tables: List[torch.Tensor], pooling: Any) -> nn.Module:
             tbe = IntNBitTableBatchedEmbeddingBagsCodegen(
                 [(f"t{i}", int(w.shape[0]), int(w.shape[1]), sparse_type, EmbeddingLocation.HOST)
                  for i, w in enumerate(tables)],
@@ -115,7 +112,8 @@ class QuantizedEmbeddingBag(nn.Module):
             self.tbes = nn.ModuleList([make(weights, mode_)])
         else:  # unpooled rows, one TBE per table (sequence mode needs one width per TBE)
             self.tbes = nn.ModuleList([make([w], PoolingMode.NONE) for w in weights])
-        self.nbytes = sum(int(t.weights_host.numel()) * t.weights_host.element_size() for t in self.tbes)
+        tbes: List[Any] = list(self.tbes)
+        self.nbytes = sum(int(t.weights_host.numel()) * t.weights_host.element_size() for t in tbes)
 
     @property
     def compression_vs_fp32(self) -> float:
@@ -124,8 +122,6 @@ class QuantizedEmbeddingBag(nn.Module):
 
     def forward(self, input: torch.Tensor, offsets: Optional[torch.Tensor] = None,
                 per_sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-        from compemb.kernels._fbgemm import combine_pooled, tbe_inputs
-
         flat, full_offsets, psw = CF.normalize_bag_input(
             input, offsets, per_sample_weights, self.include_last_offset, self.mode,
             self.num_embeddings, type(self).__name__,
@@ -185,7 +181,7 @@ def quantize(module: nn.Module, bits: int = 8) -> QuantizedEmbeddingBag:
 @torch.no_grad()
 def quantization_error(module: nn.Module, quantized: QuantizedEmbeddingBag, input: torch.Tensor,
                        offsets: Optional[torch.Tensor] = None,
-                       per_sample_weights: Optional[torch.Tensor] = None) -> dict:
+                       per_sample_weights: Optional[torch.Tensor] = None) -> Dict[str, float]:
     """Output error of ``quantized`` against the fp32 ``module`` on one batch.
 
     Returns ``{"relative": ||q - f|| / ||f||, "max_abs": max |q - f|, "nbytes": ...,

@@ -1,29 +1,12 @@
 """``compemb train`` and ``compemb data``: the command line of the DLRM.
 
 ``compemb train`` takes the flags DLRM users know (``--arch-sparse-feature-size``,
-``--arch-mlp-bot 13-512-256-64``, ``--arch-mlp-top 512-256-1``, ``--arch-interaction-op``,
-``--qr-flag`` ..., ``--md-flag`` ..., ``--mini-batch-size``, ``--learning-rate``, ``--nepochs``,
-``--data-set``, ``--raw-data-file``) plus the generic ``--embedding {full,hash,qr,gqr,crt,path,md}``
-with its options, builds a :class:`dlrm.train.TrainConfig` and runs :func:`dlrm.train.train`.
-
-Differences from DLRM's script, each deliberate:
-
-* ``--arch-mlp-bot``'s first entry must equal the data set's number of dense features (DLRM
-  silently trusts it); a mismatch is an error naming both numbers.
-* ``--qr-flag`` builds compemb's generic QR tables, whose output is ``d`` wide for every
-  operation, so ``--qr-operation concat`` works with any threshold. ``--dlrm-compatible-qr``
-  builds DLRM's ``QREmbeddingBag`` instead (``concat`` is ``2d`` wide); the model then projects
-  those tables to ``d`` for the dot interaction.
-* ``--embedding-collection {none,fbgemm,triton}`` (not in DLRM) serves all tables from one
-  :class:`compemb.collection.CompositionalEmbeddingBagCollection`: ``triton`` is one fused
-  table-batched kernel launch for all features (methods full/qr/gqr/crt, one ``d``, one
-  operation among the compressed tables; anything else is refused naming the table). Its tables
-  get dense gradients, trained by any ``--optimizer``; ``--optimizer sgd_triton_fused`` applies
-  exact SGD to them inside the backward pass instead (and implies ``triton``). On ``--device
-  cpu`` the kernels run in Triton's interpreter (slow): the command sets ``TRITON_INTERPRET=1``
-  itself unless the environment already sets it; on CUDA they compile.
-* ``--data-set kaggle`` / ``terabyte`` read Criteo's raw files (``--raw-data-file``) through
-  :mod:`dlrm.data`'s cached preprocessing.
+``--arch-mlp-bot 13-512-256-64``, ``--arch-mlp-top 512-256-1``, ``--qr-flag`` ..., ``--md-flag``
+..., ``--mini-batch-size``, ``--learning-rate``, ``--nepochs``, ``--data-set``,
+``--raw-data-file``) plus the generic ``--embedding {full,hash,qr,gqr,crt,path,md}`` with its
+options, builds a :class:`dlrm.train.TrainConfig` and runs :func:`dlrm.train.train`. Where it
+departs from DLRM's script (``--arch-mlp-bot`` checked against the data, ``d``-wide QR tables,
+``--embedding-collection``) is described in ``docs/architecture.md``.
 
 Example::
 
@@ -37,7 +20,10 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from dlrm.train import TrainConfig
 
 __all__ = ["train_main", "data_main", "build_parser", "config_from_args"]
 
@@ -49,21 +35,25 @@ _DATA_SETS = {
     "criteo-kaggle": "criteo-kaggle",
     "criteo-terabyte": "criteo-terabyte",
 }
+#: ``--sparse`` -> ``TrainConfig.sparse``
+_SPARSE = {"auto": None, "on": True, "off": False}
 
 
 def _dash_ints(text: str) -> Tuple[int, ...]:
     try:
         values = tuple(int(x) for x in str(text).replace(",", "-").split("-") if x != "")
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected dash-separated integers like 13-512-256-64, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected dash-separated integers like 13-512-256-64, got {text!r}") from None
     if any(v < 0 for v in values):
         raise argparse.ArgumentTypeError(f"layer widths must be non-negative, got {text!r}")
     return values
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dlrm.model import INTERACTIONS, METHODS
-    from dlrm.train import OPTIMIZERS
+    """The ``compemb train`` argument parser."""
+    from compemb.options import BACKEND_NAMES, COMPOSES, METHODS, OPERATIONS
+    from dlrm.model import INTERACTIONS
+    from dlrm.train import EMBEDDING_COLLECTIONS, OPTIMIZERS, TEST_WITH
 
     p = argparse.ArgumentParser(
         prog="compemb train",
@@ -79,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = p.add_argument_group("QR and MD tricks (DLRM flags)")
     q.add_argument("--qr-flag", action="store_true", help="quotient-remainder tables")
     q.add_argument("--qr-threshold", type=int, default=200)
-    q.add_argument("--qr-operation", choices=("mult", "add", "concat"), default="mult")
+    q.add_argument("--qr-operation", choices=OPERATIONS, default="mult")
     q.add_argument("--qr-collisions", type=int, default=4)
     q.add_argument("--dlrm-compatible-qr", action="store_true",
                    help="use DLRM's QREmbeddingBag (concat = 2d wide, projected to d)")
@@ -93,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-collisions", type=int, default=None)
     e.add_argument("--k", type=int, default=None, help="partitions for gqr / crt")
     e.add_argument("--hidden-dims", type=_dash_ints, default=None, help="path: MLP hidden sizes, e.g. 16-16")
-    e.add_argument("--operation", choices=("mult", "add", "concat"), default=None)
-    e.add_argument("--compose", choices=("before_pool", "after_pool"), default=None)
-    e.add_argument("--backend", choices=("torch", "triton", "fbgemm", "auto"), default=None)
+    e.add_argument("--operation", choices=OPERATIONS, default=None)
+    e.add_argument("--compose", choices=COMPOSES, default=None)
+    e.add_argument("--backend", choices=BACKEND_NAMES, default=None)
     e.add_argument("--md-dim", type=int, default=None, help="md: one width for all compressed tables")
     d = p.add_argument_group("data")
     d.add_argument("--data-set", choices=sorted(_DATA_SETS), default="movielens-100k")
@@ -115,13 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
                    help="evaluations without a better validation loss before stopping")
     t.add_argument("--max-steps", type=int, default=None)
-    t.add_argument("--sparse", choices=("auto", "on", "off"), default="auto", help="sparse embedding gradients")
-    t.add_argument("--embedding-collection", choices=("none", "fbgemm", "triton"), default="none",
+    t.add_argument("--sparse", choices=tuple(_SPARSE), default="auto", help="sparse embedding gradients")
+    t.add_argument("--embedding-collection", choices=tuple(c or "none" for c in EMBEDDING_COLLECTIONS), default="none",
                    help="serve all tables from one table-batched collection: fbgemm (TBE) or triton (one fused "
                         "kernel launch; on CPU it runs in Triton's interpreter, TRITON_INTERPRET=1, slow); dense "
                         "table gradients for any optimizer, or fused exact SGD with --optimizer sgd_triton_fused "
                         "(default none: one module per table)")
-    t.add_argument("--test-with", choices=("best", "final"), default="best")
+    t.add_argument("--test-with", choices=TEST_WITH, default="best")
     t.add_argument("--device", default="cpu")
     o = p.add_argument_group("output")
     o.add_argument("--checkpoint-dir", default=None)
@@ -133,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace, num_dense: Optional[int] = None):
+def config_from_args(args: argparse.Namespace, num_dense: Optional[int] = None) -> TrainConfig:
     """The :class:`dlrm.train.TrainConfig` the parsed flags describe.
 
     ``num_dense`` (the data set's) is checked against ``--arch-mlp-bot``'s first entry.
@@ -145,7 +135,7 @@ def config_from_args(args: argparse.Namespace, num_dense: Optional[int] = None):
         raise ValueError("--qr-flag and --md-flag exclude each other")
     if (args.qr_flag or args.md_flag) and args.embedding not in (None, "full"):
         raise ValueError(f"--embedding {args.embedding} conflicts with --{'qr' if args.qr_flag else 'md'}-flag")
-    options = {}
+    options: Dict[str, Any] = {}
     md_temperature = None
     if args.qr_flag:
         method, threshold = "qr", args.qr_threshold
@@ -201,7 +191,7 @@ def config_from_args(args: argparse.Namespace, num_dense: Optional[int] = None):
             )
         bottom = tuple(bot[1:])
     top = tuple(args.arch_mlp_top)
-    sparse = {"auto": None, "on": True, "off": False}[args.sparse]
+    sparse = _SPARSE[args.sparse]
     return TrainConfig(
         dataset=dataset, dataset_options=ds_options, seed=args.seed, embedding_dim=d,
         bottom_mlp=bottom, top_mlp=top, interaction=args.arch_interaction_op,
@@ -243,9 +233,9 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"compemb train: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        from dlrm.metrics import _jsonable
+        from dlrm.metrics import jsonable
 
-        print(json.dumps(_jsonable(result), sort_keys=True))
+        print(json.dumps(jsonable(result), sort_keys=True))
     else:
         width = max(len(k) for k in _SHOWN)
         for key in _SHOWN:

@@ -15,17 +15,20 @@ Example::
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-from typing import Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-__all__ = ["log_loss", "accuracy", "roc_auc", "binary_metrics", "JsonLinesWriter", "write_jsonl"]
+__all__ = ["log_loss", "accuracy", "roc_auc", "binary_metrics", "JsonLinesWriter", "write_jsonl",
+           "jsonable"]
 
 
-def _as_arrays(labels, scores):
+def _as_arrays(labels: ArrayLike, scores: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
     y = np.asarray(labels).reshape(-1)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if y.shape != s.shape:
@@ -42,7 +45,7 @@ def _as_arrays(labels, scores):
     return yb, s
 
 
-def log_loss(labels, probabilities, eps: float = 1e-7) -> float:
+def log_loss(labels: ArrayLike, probabilities: ArrayLike, eps: float = 1e-7) -> float:
     """Mean binary cross-entropy ``-mean(y log p + (1 - y) log(1 - p))``.
 
     Args:
@@ -59,13 +62,13 @@ def log_loss(labels, probabilities, eps: float = 1e-7) -> float:
     return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))
 
 
-def accuracy(labels, probabilities, threshold: float = 0.5) -> float:
+def accuracy(labels: ArrayLike, probabilities: ArrayLike, threshold: float = 0.5) -> float:
     """Fraction of samples with ``(p >= threshold) == label``."""
     y, p = _as_arrays(labels, probabilities)
     return float(np.mean((p >= threshold) == (y == 1)))
 
 
-def roc_auc(labels, scores) -> float:
+def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
     """Exact ROC AUC: the probability that a random positive outscores a random negative, ties
     counting one half.
 
@@ -87,7 +90,7 @@ def roc_auc(labels, scores) -> float:
     return (rank_sum_pos - pos * (pos + 1) / 2.0) / (pos * neg)
 
 
-def binary_metrics(labels, probabilities, prefix: str = "") -> Dict[str, float]:
+def binary_metrics(labels: ArrayLike, probabilities: ArrayLike, prefix: str = "") -> Dict[str, float]:
     """``{prefix + "loss", prefix + "auc", prefix + "accuracy"}`` for one split."""
     return {
         f"{prefix}loss": log_loss(labels, probabilities),
@@ -96,17 +99,32 @@ def binary_metrics(labels, probabilities, prefix: str = "") -> Dict[str, float]:
     }
 
 
-def _jsonable(value):
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return None if math.isnan(v) or math.isinf(v) else v
-    if isinstance(value, np.integer):
+def jsonable(value: Any) -> Any:
+    """``value`` as plain, strict JSON: NaN and infinities become ``None``.
+
+    Mappings become dicts with string keys, lists and tuples become lists, numpy and torch scalars
+    their Python value, dataclasses their :func:`dataclasses.asdict`, anything else its ``str``.
+
+    Example::
+
+        >>> jsonable({"auc": float("nan"), "steps": np.int64(3), "dims": (16, 8)})
+        {'auc': None, 'steps': 3, 'dims': [16, 8]}
+    """
+    if isinstance(value, (str, bool)) or value is None:
+        return value
+    if isinstance(value, int):
         return int(value)
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
+        return [jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return jsonable(value.item())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    return str(value)
 
 
 def write_jsonl(path: str, record: Mapping) -> None:
@@ -114,14 +132,14 @@ def write_jsonl(path: str, record: Mapping) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(_jsonable(record), sort_keys=True) + "\n")
+        fh.write(json.dumps(jsonable(record), sort_keys=True) + "\n")
         fh.flush()
 
 
 class JsonLinesWriter:
     """Append records to a JSON-lines file; a ``None`` path makes every write a no-op."""
 
-    def __init__(self, path: Optional[str]):
+    def __init__(self, path: Optional[str]) -> None:
         self.path = path
 
     def write(self, record: Mapping) -> None:

@@ -5,16 +5,9 @@ feature maps its bag of ids to a vector; the interaction either takes the pairwi
 all these vectors (lower triangle, with or without the diagonal) or concatenates them; a top MLP
 maps the result to one logit, and ``sigmoid`` gives the click probability.
 
-Every table is built from its own :class:`compemb.config.EmbeddingBagConfig`, so any mix of methods
-(full, hash, qr, gqr, crt, path, md) works. compemb's generic modules always return
-``embedding_dim`` columns. Two kinds of table can be wider or narrower than the interaction width
-``d`` (= ``arch_sparse_feature_size``): the DLRM-compatible :class:`compemb.modules.QREmbeddingBag`
-with ``operation="concat"`` (``2d`` columns, as in the reference DLRM) and any module whose output
-width differs from ``d`` (e.g. a mixed-dimension table built without its own projection). For the
-``dot`` interaction such a table gets a bias-free linear projection to ``d`` (counted with the MLP
-parameters), so a size threshold never breaks the interaction — the fault of the reference DLRM,
-where thresholded concat tables were ``2d`` wide and the others ``d``. The ``cat`` interaction
-needs no projection.
+Every table is built from its own :class:`compemb.config.EmbeddingBagConfig` (any mix of methods).
+For the ``dot`` interaction a table whose width is not ``d`` gets a bias-free projection to ``d``,
+so a size threshold never breaks the interaction (see ``docs/architecture.md``).
 
 Example::
 
@@ -22,10 +15,8 @@ Example::
     >>> from dlrm.model import DLRM, DLRMConfig, table_specs
     >>> specs = table_specs([1000, 10], 8, method="qr", threshold=100, num_collisions=4)
     >>> model = DLRM(DLRMConfig(num_dense=3, bottom_mlp=(16, 8), top_mlp=(16, 1), tables=specs))
-    >>> dense = torch.randn(2, 3)
-    >>> idx = [torch.tensor([1, 999]), torch.tensor([0, 9])]
-    >>> offs = [torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2])]
-    >>> model(dense, idx, offs).shape
+    >>> idx, offs = [torch.tensor([1, 999]), torch.tensor([0, 9])], [torch.tensor([0, 1, 2])] * 2
+    >>> model(torch.randn(2, 3), idx, offs).shape
     torch.Size([2])
 """
 from __future__ import annotations
@@ -33,10 +24,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+
+from compemb.kernels import get_collection_backend
+from compemb.options import BACKENDS, FAMILY_METHODS, FUSED_OPTIMIZERS, METHODS
+
+if TYPE_CHECKING:
+    from compemb.collection import CompositionalEmbeddingBagCollection
 
 __all__ = [
     "DLRM",
@@ -49,12 +46,10 @@ __all__ = [
     "INTERACTIONS",
 ]
 
-METHODS = ("full", "hash", "qr", "gqr", "crt", "path", "md")
 INTERACTIONS = ("dot", "cat")
-#: backends of :class:`compemb.collection.CompositionalEmbeddingBagCollection` a DLRM can serve its tables from
-COLLECTION_BACKENDS = (None, "fbgemm", "triton")
-#: fused optimizers each collection backend applies inside the backward pass
-_FUSED_BY_BACKEND = {"fbgemm": ("exact_rowwise_adagrad", "exact_sgd"), "triton": ("exact_sgd",)}
+#: backends of :class:`compemb.collection.CompositionalEmbeddingBagCollection` a DLRM can serve its
+#: tables from (``None``: one compemb module per table, which is what the torch collection would be)
+COLLECTION_BACKENDS: Tuple[Optional[str], ...] = (None,) + tuple(b for b in BACKENDS if b != "torch")
 
 
 def _embedding_bag_config():
@@ -204,7 +199,7 @@ class DLRMConfig:
             return self.collection_backend
         return "fbgemm" if self.fused_optimizer is not None else None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.bottom_mlp = tuple(int(x) for x in self.bottom_mlp)
         self.top_mlp = tuple(int(x) for x in self.top_mlp)
         self.tables = list(self.tables)
@@ -235,9 +230,9 @@ class DLRMConfig:
         if d < 1:
             raise ValueError(f"arch_sparse_feature_size must be >= 1, got {d}")
         self.arch_sparse_feature_size = d
-        if self.fused_optimizer not in (None, "exact_rowwise_adagrad", "exact_sgd"):
+        if self.fused_optimizer is not None and self.fused_optimizer not in FUSED_OPTIMIZERS:
             raise ValueError(
-                f"fused_optimizer must be None, 'exact_rowwise_adagrad' or 'exact_sgd', got {self.fused_optimizer!r}"
+                f"fused_optimizer must be None or one of {FUSED_OPTIMIZERS}, got {self.fused_optimizer!r}"
             )
         if self.fused_optimizer is not None and (self.sparse or self.dlrm_compatible_qr):
             raise ValueError("fused_optimizer excludes sparse and dlrm_compatible_qr (FBGEMM updates the tables itself)")
@@ -252,10 +247,11 @@ class DLRMConfig:
                     f"collection_backend={backend!r} excludes sparse and dlrm_compatible_qr (the collection "
                     "serves compemb's generic tables with dense gradients or a fused optimizer)"
                 )
-            if self.fused_optimizer is not None and self.fused_optimizer not in _FUSED_BY_BACKEND[backend]:
+            fused = get_collection_backend(backend).fused_optimizers
+            if self.fused_optimizer is not None and self.fused_optimizer not in fused:
                 raise ValueError(
                     f"fused_optimizer={self.fused_optimizer!r} is not fused by collection_backend={backend!r} "
-                    f"(it fuses {_FUSED_BY_BACKEND[backend]})"
+                    f"(it fuses {fused})"
                 )
         if self.interaction == "dot" and self.num_dense > 0 and self.bottom_mlp[-1] != d:
             raise ValueError(
@@ -352,8 +348,9 @@ def _set_sparse(module: nn.Module, sparse: bool) -> List[nn.Parameter]:
         return []
     for sub in module.modules():
         if isinstance(getattr(sub, "sparse", None), bool):
+            flag: Any = sub  # a module with a boolean ``sparse`` attribute
             try:
-                sub.sparse = True
+                flag.sparse = True
             except (AttributeError, TypeError):
                 continue
     param = next(module.parameters(), None)
@@ -369,31 +366,28 @@ def _set_sparse(module: nn.Module, sparse: bool) -> List[nn.Parameter]:
     return found
 
 
-def _build_collection(config: DLRMConfig, device) -> nn.Module:
+def _build_collection(
+    config: DLRMConfig, device: Union[str, torch.device, None]
+) -> CompositionalEmbeddingBagCollection:
     """All tables in one :class:`compemb.collection.CompositionalEmbeddingBagCollection`.
 
     Anything the collection cannot serve is refused here (at model build time) with a
     ``ValueError`` that names the table and the reason.
     """
     backend = config.resolved_collection_backend
+    assert backend is not None, "only called for a collection backend"
     what = (f"collection_backend={backend!r}" if config.collection_backend is not None
             else f"fused_optimizer={config.fused_optimizer!r}")
-    try:
-        from compemb.collection import CompositionalEmbeddingBagCollection
-        if backend == "fbgemm":
-            import fbgemm_gpu  # noqa: F401
-        else:
-            import triton  # noqa: F401
-    except Exception as exc:  # ImportError, or a backend failing to load its library
-        raise ValueError(
-            f"{what} needs compemb.collection and {'fbgemm_gpu' if backend == 'fbgemm' else 'triton'}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+    reason = get_collection_backend(backend).unavailable_reason()
+    if reason is not None:
+        raise ValueError(f"{what} is unavailable: {reason}")
+    from compemb.collection import CompositionalEmbeddingBagCollection
+
     if not config.tables:
         raise ValueError(f"{what} needs at least one table")
     for spec in config.tables:
         # refused by the collection as well; said here in the DLRM's words
-        if spec.method not in ("full", "qr", "gqr", "crt"):
+        if spec.method not in FAMILY_METHODS:
             raise ValueError(
                 f"table {spec.name!r}: method={spec.method!r} cannot be served by {what} (the collection "
                 "serves 'full', 'qr', 'gqr' and 'crt' tables); use collection_backend=None "
@@ -431,12 +425,13 @@ class DLRM(nn.Module):
         torch.Size([3])
     """
 
-    def __init__(self, config: DLRMConfig, device=None):
+    def __init__(self, config: DLRMConfig, device: Union[str, torch.device, None] = None) -> None:
         super().__init__()
         if not isinstance(config, DLRMConfig):
             raise TypeError(f"config must be a DLRMConfig, got {type(config).__name__}")
         self.config = config
         d = config.arch_sparse_feature_size
+        assert d is not None  # set by DLRMConfig.__post_init__
         self.bottom = (
             _mlp((config.num_dense,) + config.bottom_mlp, sigmoid_last=False)
             if config.num_dense > 0 else None
@@ -445,7 +440,7 @@ class DLRM(nn.Module):
         self.projections = nn.ModuleDict()
         self.table_widths: List[int] = []
         self._sparse_params: List[nn.Parameter] = []
-        self.collection = None
+        self.collection: Optional[CompositionalEmbeddingBagCollection] = None
         if config.resolved_collection_backend is not None:
             self.collection = _build_collection(config, device)
             for i, spec in enumerate(config.tables):
@@ -475,8 +470,10 @@ class DLRM(nn.Module):
         key = str(i)
         if key in self.projections:
             del self.projections[key]
-        if self.config.interaction == "dot" and width != self.config.arch_sparse_feature_size:
-            proj = nn.Linear(width, self.config.arch_sparse_feature_size, bias=False)
+        d_out = self.config.arch_sparse_feature_size
+        assert d_out is not None  # set by DLRMConfig.__post_init__
+        if self.config.interaction == "dot" and width != d_out:
+            proj = nn.Linear(width, d_out, bias=False)
             _reset_linear(proj)
             self.projections[key] = proj
 

@@ -15,8 +15,8 @@ matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-__all__ = ["trials_of", "save_figure", "write_csv", "script_main", "hidden_size", "METHOD_STYLE", "log_params_axis",
-           "require"]
+__all__ = ["trials_of", "save_figure", "write_csv", "script_main", "run_figure", "hidden_size", "METHOD_STYLE",
+           "log_params_axis", "require"]
 
 #: colours and markers per series, shared by the figures
 METHOD_STYLE = {
@@ -28,30 +28,24 @@ METHOD_STYLE = {
 }
 
 
-def trials_of(study_or_df, storage: Optional[str] = None) -> pd.DataFrame:
+def trials_of(study_or_df: Any, storage: Optional[str] = None) -> pd.DataFrame:
     """COMPLETE trials, one per grid point, as a DataFrame.
 
     Args:
         study_or_df: a DataFrame (from :func:`sweeps.results.trials_frame`), an
             :class:`optuna.Study`, or a study name (then ``storage`` is its URL).
     """
-    from sweeps.results import trials_frame
+    from sweeps.results import drop_duplicate_trials, trials_frame
 
     if isinstance(study_or_df, pd.DataFrame):
         df = study_or_df
         if "state" in df.columns:
             df = df[df["state"] == "COMPLETE"]
-        if "grid_key" in df.columns and "number" in df.columns:
-            keyed = df["grid_key"].notna()
-            first = df[keyed].sort_values("number").drop_duplicates("grid_key", keep="first")
-            dropped = int(keyed.sum() - len(first))
-            df = pd.concat([df[~keyed], first]).sort_values("number")
-            df.attrs["duplicates_dropped"] = dropped
-        return df.reset_index(drop=True)
+        return drop_duplicate_trials(df.reset_index(drop=True))
     if isinstance(study_or_df, str):
         if storage is None:
             raise ValueError(f"study name {study_or_df!r} given without a storage URL")
-        from sweeps.runner import load_study
+        from sweeps.study import load_study
 
         study_or_df = load_study(storage, study_or_df)
     if not hasattr(study_or_df, "get_trials"):
@@ -77,7 +71,7 @@ def hidden_size(value: Any) -> Optional[int]:
     return int(value[0]) if value else None
 
 
-def _count_label(x: float, _pos=None) -> str:
+def _count_label(x: float, _pos: Any = None) -> str:
     """5000 -> '5k', 2e6 -> '2M' (parameter counts on a log axis)."""
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if x >= scale:
@@ -85,7 +79,7 @@ def _count_label(x: float, _pos=None) -> str:
     return f"{x:g}"
 
 
-def log_params_axis(ax, axis: str = "x") -> None:
+def log_params_axis(ax: Any, axis: str = "x") -> None:
     """A log-scale parameter axis without crowded minor labels."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -97,17 +91,29 @@ def log_params_axis(ax, axis: str = "x") -> None:
     target.set_minor_formatter(NullFormatter())
 
 
-def save_figure(fig, out_dir: Union[str, os.PathLike], stem: str) -> Dict[str, Path]:
+def save_figure(fig: Any, out_dir: Union[str, os.PathLike], stem: str, data: Optional[pd.DataFrame] = None,
+                summary: Optional[pd.DataFrame] = None) -> Dict[str, Path]:
+    """Write ``fig`` as ``<stem>.png`` and ``<stem>.pdf`` under ``out_dir`` and close it; with
+    ``data`` / ``summary``, the frames behind it as ``<stem>.csv`` / ``<stem>_summary.csv``.
+
+    Returns:
+        ``{"png", "pdf"[, "csv"][, "summary_csv"]: path}``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"png": out / f"{stem}.png", "pdf": out / f"{stem}.pdf"}
     fig.savefig(paths["png"], dpi=150, bbox_inches="tight")
     fig.savefig(paths["pdf"], bbox_inches="tight")
     plt.close(fig)
+    if data is not None:
+        paths["csv"] = write_csv(data, out_dir, f"{stem}.csv")
+    if summary is not None:
+        paths["summary_csv"] = write_csv(summary, out_dir, f"{stem}_summary.csv")
     return paths
 
 
 def write_csv(df: pd.DataFrame, out_dir: Union[str, os.PathLike], name: str) -> Path:
+    """Write ``df`` (the data behind a figure) as ``out_dir/name``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / name
@@ -116,6 +122,7 @@ def write_csv(df: pd.DataFrame, out_dir: Union[str, os.PathLike], name: str) -> 
 
 
 def require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` when ``df`` has no rows or lacks ``columns``."""
     if len(df) == 0:
         states = df.attrs.get("trial_states")
         held = (" (the study holds " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")"
@@ -157,15 +164,20 @@ def script_main(argv: Optional[List[str]], make_figure: Callable, default_study:
 def run_figure(make_figure: Callable, study: str, storage: Optional[str], results_dir: str, out_dir: Optional[str],
                run_missing: bool = False, space_name: Optional[str] = None, workers: int = 1,
                seeds: Optional[str] = None, sets: Sequence[str] = (), objective: Optional[str] = None) -> Dict[str, Path]:
+    """Draw ``make_figure`` from study ``study``, first running the grid ``space_name`` into it
+    when ``run_missing`` (``seeds`` and ``sets`` as the ``--seeds`` / ``--set`` options)."""
+    from sweeps.cli import parse_set
     from sweeps.runner import DEFAULT_OBJECTIVE, default_storage_url, load_study, run_sweep
+    from sweeps.space import parse_seeds
 
     url = storage or default_storage_url(study, results_dir)
     out = out_dir or os.path.join(results_dir, "figures")
     if run_missing:
-        from sweeps.cli import _seeds, parse_set
-
+        if space_name is None:
+            raise ValueError("run_missing needs the space_name of the grid to run")
         rep = run_sweep(space_name, storage=url, study_name=study, objective=objective or DEFAULT_OBJECTIVE,
-                        workers=workers, overrides=parse_set(list(sets)), seeds=_seeds(seeds), results_dir=results_dir)
+                        workers=workers, overrides=parse_set(list(sets)), seeds=parse_seeds(seeds),
+                        results_dir=results_dir)
         print(rep.summary(), file=sys.stderr)
     try:
         st = load_study(url, study)

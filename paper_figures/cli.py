@@ -16,7 +16,7 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 __all__ = ["main", "FIGURES", "make_all"]
 
@@ -29,7 +29,7 @@ FIGURES = {
 }
 
 
-def make_all(study_or_df, out_dir, figures: Sequence[str] = tuple(FIGURES)) -> Dict[str, object]:
+def make_all(study_or_df: Any, out_dir: Union[str, os.PathLike], figures: Sequence[str] = tuple(FIGURES)) -> Dict[str, object]:
     """Draw ``figures`` from one study; returns ``{fig: paths dict or the error message}``."""
     out: Dict[str, object] = {}
     for name in figures:

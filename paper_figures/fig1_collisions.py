@@ -19,15 +19,16 @@ Example::
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import pandas as pd
 
 from paper_figures._common import (METHOD_STYLE, log_params_axis, plt, require, save_figure, script_main,
-                                   trials_of, write_csv)
+                                   trials_of)
 
 __all__ = ["make_figure", "select", "summarize", "main", "STEM"]
 
@@ -77,7 +78,7 @@ def summarize(sel: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["series", "embedding_params"]).reset_index(drop=True)
 
 
-def make_figure(study_or_df, out_dir) -> Dict[str, Path]:
+def make_figure(study_or_df: Any, out_dir: Union[str, os.PathLike]) -> Dict[str, Path]:
     """Draw figure 1 from a study (or its trials DataFrame) into ``out_dir``."""
     sel = select(trials_of(study_or_df))
     if sel.empty:
@@ -104,10 +105,7 @@ def make_figure(study_or_df, out_dir) -> Dict[str, Path]:
     seeds = sel["seed"].nunique() if "seed" in sel.columns else 1
     fig.suptitle(f"Loss and accuracy against parameters over the collision grid "
                  f"(mean ± std over {seeds} seed{'s' if seeds != 1 else ''}; numbers: collisions)", fontsize=10)
-    paths = save_figure(fig, out_dir, STEM)
-    paths["csv"] = write_csv(sel, out_dir, f"{STEM}.csv")
-    paths["summary_csv"] = write_csv(summary, out_dir, f"{STEM}_summary.csv")
-    return paths
+    return save_figure(fig, out_dir, STEM, data=sel, summary=summary)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

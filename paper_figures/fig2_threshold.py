@@ -11,14 +11,15 @@ Usage::
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import pandas as pd
 
 from paper_figures._common import (METHOD_STYLE, log_params_axis, plt, require, save_figure, script_main,
-                                   trials_of, write_csv)
+                                   trials_of)
 
 __all__ = ["make_figure", "select", "summarize", "main", "STEM", "COLLISIONS"]
 
@@ -45,7 +46,7 @@ def summarize(sel: pd.DataFrame) -> pd.DataFrame:
     ).reset_index().sort_values(["operation", "threshold"]).reset_index(drop=True)
 
 
-def make_figure(study_or_df, out_dir) -> Dict[str, Path]:
+def make_figure(study_or_df: Any, out_dir: Union[str, os.PathLike]) -> Dict[str, Path]:
     """Draw figure 2 from a study (or its trials DataFrame) into ``out_dir``."""
     df = trials_of(study_or_df)
     sel = select(df)
@@ -74,10 +75,7 @@ def make_figure(study_or_df, out_dir) -> Dict[str, Path]:
     for a in (ax, axp):
         a.grid(True, which="both", alpha=0.3)
         a.legend(fontsize=8)
-    paths = save_figure(fig, out_dir, STEM)
-    paths["csv"] = write_csv(sel, out_dir, f"{STEM}.csv")
-    paths["summary_csv"] = write_csv(summary, out_dir, f"{STEM}_summary.csv")
-    return paths
+    return save_figure(fig, out_dir, STEM, data=sel, summary=summary)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

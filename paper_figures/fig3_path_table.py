@@ -11,14 +11,14 @@ Usage::
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import pandas as pd
 
-from paper_figures._common import (hidden_size, log_params_axis, plt, require, save_figure, script_main, trials_of,
-                                   write_csv)
+from paper_figures._common import (hidden_size, log_params_axis, plt, require, save_figure, script_main, trials_of)
 
 __all__ = ["make_figure", "select", "summarize", "to_markdown", "main", "STEM"]
 
@@ -64,7 +64,7 @@ def to_markdown(summary: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_figure(study_or_df, out_dir) -> Dict[str, Path]:
+def make_figure(study_or_df: Any, out_dir: Union[str, os.PathLike]) -> Dict[str, Path]:
     """Write the path-based table (CSV, Markdown) and its plot from a study into ``out_dir``."""
     sel = select(trials_of(study_or_df))
     if not (sel["method"] == "path").any():
@@ -87,9 +87,7 @@ def make_figure(study_or_df, out_dir) -> Dict[str, Path]:
     ax.set_title("path-based composition: MLP hidden size", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    paths = save_figure(fig, out_dir, STEM)
-    paths["csv"] = write_csv(sel, out_dir, f"{STEM}.csv")
-    paths["summary_csv"] = write_csv(summary, out_dir, f"{STEM}_summary.csv")
+    paths = save_figure(fig, out_dir, STEM, data=sel, summary=summary)
     md = Path(out_dir) / f"{STEM}.md"
     md.write_text(to_markdown(summary))
     paths["markdown"] = md

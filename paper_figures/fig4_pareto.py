@@ -10,14 +10,15 @@ Usage::
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union, Mapping
 
 import numpy as np
 
 from paper_figures._common import (METHOD_STYLE, log_params_axis, plt, require, save_figure, script_main,
-                                   trials_of, write_csv)
+                                   trials_of)
 
 __all__ = ["make_figure", "pareto_mask", "label", "main", "STEM"]
 
@@ -36,14 +37,14 @@ def pareto_mask(params: np.ndarray, loss: np.ndarray) -> np.ndarray:
     return mask
 
 
-def label(row) -> str:
+def label(row: Mapping[str, Any]) -> str:
     m = row["method"]
     if m in ("qr", "gqr", "crt"):
         return f"{m.upper()} {row.get('operation', '')}".strip()
     return {"full": "full", "hash": "hashing", "path": "path-based", "md": "mixed dim"}.get(m, str(m))
 
 
-def make_figure(study_or_df, out_dir, objective: str = "val_loss") -> Dict[str, Path]:
+def make_figure(study_or_df: Any, out_dir: Union[str, os.PathLike], objective: str = "val_loss") -> Dict[str, Path]:
     """Draw the Pareto front of ``embedding_params`` against ``objective`` into ``out_dir``."""
     df = trials_of(study_or_df)
     require(df, ["method", "embedding_params", objective], "figure 4")
@@ -66,9 +67,7 @@ def make_figure(study_or_df, out_dir, objective: str = "val_loss") -> Dict[str, 
                  fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    paths = save_figure(fig, out_dir, STEM)
-    paths["csv"] = write_csv(df, out_dir, f"{STEM}.csv")
-    return paths
+    return save_figure(fig, out_dir, STEM, data=df)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

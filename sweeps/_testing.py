@@ -11,6 +11,7 @@ import math
 import os
 import random
 import time
+import zlib
 from typing import Any, Dict
 
 #: MovieLens-100k-like cardinalities used by the synthetic objective.
@@ -42,7 +43,8 @@ def synthetic_objective(config: Dict[str, Any]) -> Dict[str, Any]:
     op_penalty = {"mult": 1.0, "add": 1.3, "concat": 1.2}.get(config.get("operation", "mult"), 1.0)
     if config.get("method") == "hash":
         op_penalty = 2.0
-    rng = random.Random(hash((str(sorted(config.items())),)) & 0xFFFF)
+    # crc32, not hash(): str hashes change per process, and workers are other processes
+    rng = random.Random(zlib.crc32(str(sorted(config.items())).encode()) & 0xFFFF)
     loss = 0.55 + 0.02 * op_penalty * math.log(full / params) + rng.gauss(0, 0.002)
     return {
         "val_loss": loss,
@@ -86,7 +88,8 @@ def populate_study(space, storage_url: str, study_name: str, objective=synthetic
     from sweeps.runner import create_study, end_attrs, make_storage, objective_values, start_attrs
 
     study = create_study(space, make_storage(storage_url, heartbeat_interval=None), study_name)
-    dists = {"point": optuna.distributions.CategoricalDistribution(space.labels()),
+    dists: Dict[str, optuna.distributions.BaseDistribution] = {
+             "point": optuna.distributions.CategoricalDistribution(space.labels()),
              "seed": optuna.distributions.CategoricalDistribution(list(space.seeds))}
     trials = []
     for label in space.labels():
@@ -105,4 +108,39 @@ def failing_objective(config: Dict[str, Any]) -> Dict[str, Any]:
     config has ``fail_all=True``) raise ``RuntimeError``."""
     if config.get("method") == "hash" or config.get("fail_all"):
         raise RuntimeError(f"made-up failure for method {config.get('method')!r}")
+    return synthetic_objective(config)
+
+
+class TrainingCollapsedError(RuntimeError):
+    """Stand-in for ``dlrm.train.TrainingCollapsedError`` (a run that ended as a constant
+    predictor): a ``RuntimeError`` with the ``reason`` the sweep records."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"training collapsed: {reason}")
+        self.reason = reason
+
+
+def collapsing_objective(config: Dict[str, Any]) -> Dict[str, Any]:
+    """:func:`synthetic_objective`, except that ``method="hash"`` trials collapse, the same way
+    every time (a deterministic failure: retrying it cannot help)."""
+    if config.get("method") == "hash":
+        raise TrainingCollapsedError("constant predictions (test AUC 0.5)")
+    return synthetic_objective(config)
+
+
+def dying_objective(config: Dict[str, Any]) -> Dict[str, Any]:
+    """:func:`synthetic_objective`, except that the first trial of all processes (the one that
+    creates ``$COMPEMB_TEST_DIE_FILE``) kills its own process with SIGKILL mid-trial."""
+    import signal
+
+    marker = os.environ.get("COMPEMB_TEST_DIE_FILE")
+    if marker:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass
+        else:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
     return synthetic_objective(config)

@@ -9,7 +9,9 @@ Sub-commands::
 
 The storage defaults to ``sqlite:////<abs>/results/<study>.db``; ``--storage postgresql://…``
 shares one study between workers on many machines (run the same ``compemb sweep run`` on each).
-Re-running a command resumes its study.
+A run prints its storage URL, one line per finished trial and a summary table (``--no-progress``:
+only the summary line). Ctrl-C stops it (exit status 130); re-running a command resumes its study.
+Errors are one line ``compemb sweep: error: ...`` with exit status 2.
 """
 from __future__ import annotations
 
@@ -18,10 +20,12 @@ import json
 import sys
 from typing import Any, Dict, List, Optional
 
-from sweeps.runner import DEFAULT_OBJECTIVE, default_storage_url, run_sweep, run_worker
-from sweeps.space import get_space, list_spaces
+from sweeps.runner import SweepInterrupted, run_sweep
+from sweeps.space import get_space, list_spaces, parse_seeds
+from sweeps.storage import default_storage_url, make_storage
+from sweeps.worker import DEFAULT_OBJECTIVE, run_worker
 
-__all__ = ["main", "parse_set"]
+__all__ = ["main", "parse_set", "error_text"]
 
 
 def parse_set(items: Optional[List[str]]) -> Dict[str, Any]:
@@ -40,15 +44,6 @@ def parse_set(items: Optional[List[str]]) -> Dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = raw
     return out
-
-
-def _seeds(text: Optional[str]):
-    if text is None:
-        return None
-    try:
-        return tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise ValueError(f"--seeds expects comma-separated ints, got {text!r}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--grace", type=int, default=None, help="seconds without heartbeat before a trial is failed")
     r.add_argument("--max-retry", type=int, default=3, help="retries of a dead worker's trial")
     r.add_argument("--worker", action="store_true", help="run as one worker (what --workers starts)")
-    r.add_argument("--progress", action="store_true", help="Optuna's progress logging")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="one line per finished trial and a summary table (default: on, off for --worker)")
 
     e = sub.add_parser("export", help="write all trials to CSV and Parquet")
     e.add_argument("--study", required=True)
@@ -83,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def error_text(exc: BaseException) -> str:
+    """One line for an error message (a ``KeyError``'s text without the quotes ``str`` adds)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(text.split())
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
@@ -92,40 +94,65 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _export(args)
         return _list(args)
     except (ValueError, KeyError, TypeError) as exc:
-        print(f"compemb sweep: error: {exc}", file=sys.stderr)
+        print(f"compemb sweep: error: {error_text(exc)}", file=sys.stderr)
         return 2
+    except SweepInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        if getattr(args, "worker", False):  # the parent reports
+            return 130
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
 
 
-def _run(args) -> int:
+def _terminate_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _run(args: argparse.Namespace) -> int:
     overrides = parse_set(args.set)
-    seeds = _seeds(args.seeds)
+    seeds = parse_seeds(args.seeds)
     if args.worker:
+        import signal
+
+        # a worker told to stop ends its trial as Ctrl-C would (FAIL, marked interrupted)
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
         space = get_space(args.space, seeds=seeds, n_trials=args.n_trials)
         study = args.study or space.name
         storage = args.storage or default_storage_url(study, args.results_dir)
+        printer = None
+        if args.progress:
+            from sweeps.progress import ProgressPrinter
+
+            printer = ProgressPrinter(space, study, storage, 1, args.max_retry)
         rep = run_worker(space, storage, study, args.objective, overrides, args.heartbeat, args.grace,
-                         args.max_retry, show_progress=args.progress)
-        print(f"worker: {rep.summary()}", flush=True)
+                         args.max_retry, progress=printer)
+        if args.progress:
+            print(f"worker: {rep.summary()}", flush=True)
         return 0
     rep = run_sweep(args.space, storage=args.storage, study_name=args.study, objective=args.objective,
                     workers=args.workers, overrides=overrides, seeds=seeds, n_trials=args.n_trials,
                     results_dir=args.results_dir, heartbeat_interval=args.heartbeat, grace_period=args.grace,
-                    max_retry=args.max_retry, show_progress=args.progress)
+                    max_retry=args.max_retry, show_progress=args.progress is not False)
     print(rep.summary())
-    print(f"storage: {rep.storage}")
+    if args.progress is False:
+        print(f"storage: {rep.storage}")
+    for note in rep.notes:
+        print(note)
     return 0 if rep.complete >= rep.expected else 1
 
 
-def _export(args) -> int:
+def _export(args: argparse.Namespace) -> int:
     from sweeps.results import export_study
 
-    storage = args.storage or default_storage_url(args.study, args.results_dir)
+    storage = args.storage or default_storage_url(args.study, args.results_dir, create=False)
     paths = export_study(storage, args.study, args.out)
     print(f"wrote {paths['csv']} and {paths['parquet']}")
     return 0
 
 
-def _list(args) -> int:
+def _list(args: argparse.Namespace) -> int:
     if args.storage is None:
         print(f"{'space':<18} {'trials':>6}  description")
         for name, size, text in list_spaces():
@@ -133,9 +160,7 @@ def _list(args) -> int:
         return 0
     import optuna
 
-    from sweeps.runner import make_storage
-
-    storage = make_storage(args.storage, heartbeat_interval=None)
+    storage = make_storage(args.storage, heartbeat_interval=None, must_exist=True)
     for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
         print(f"{s.study_name:<24} {s.n_trials:>6} trials  space={s.user_attrs.get('space', '?')}")
     return 0

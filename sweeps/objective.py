@@ -4,8 +4,10 @@ A trial's config is flat (what a search space writes); :func:`train_config` sort
 :class:`dlrm.train.TrainConfig`: the :class:`compemb.config.EmbeddingBagConfig` fields
 (``operation``, ``num_collisions``, ``k``, ``hidden_dims``, ``compose``, ``backend``, ``mode``,
 ``md_dim``) go to ``embedding_options`` and the rest must be ``TrainConfig`` fields (an unknown
-field is a ``ValueError`` naming it). Each worker process loads a data set once and reuses it for
-all its trials.
+field is a ``ValueError`` naming it and its close matches). Each worker process loads a data set
+once and reuses it for all its trials. :data:`train_objective` also has ``check_config``, which the
+sweep runner calls on every trial's config before the first trial, so that a typo in ``--set``
+fails at once rather than in every trial.
 
 Example::
 
@@ -16,9 +18,13 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Mapping, Tuple
+import difflib
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Tuple
 
-__all__ = ["train_config", "train_objective", "EMBEDDING_FIELDS"]
+if TYPE_CHECKING:
+    from dlrm.train import TrainConfig
+
+__all__ = ["train_config", "train_objective", "TrainObjective", "config_fields", "EMBEDDING_FIELDS"]
 
 #: flat config fields that belong to the tables' EmbeddingBagConfig
 EMBEDDING_FIELDS = ("operation", "num_collisions", "k", "hidden_dims", "compose", "backend", "mode", "md_dim")
@@ -26,8 +32,29 @@ EMBEDDING_FIELDS = ("operation", "num_collisions", "k", "hidden_dims", "compose"
 _DATASETS: Dict[Tuple[str, str], Any] = {}
 
 
-def train_config(config: Mapping[str, Any]):
-    """Flat sweep config -> :class:`dlrm.train.TrainConfig`."""
+def config_fields() -> List[str]:
+    """Every field a flat sweep config may hold: :class:`dlrm.train.TrainConfig`'s and
+    :data:`EMBEDDING_FIELDS`, sorted."""
+    from dlrm.train import TrainConfig
+
+    return sorted({f.name for f in dataclasses.fields(TrainConfig)} | set(EMBEDDING_FIELDS))
+
+
+def _unknown_field(key: str) -> ValueError:
+    known = config_fields()
+    close = difflib.get_close_matches(str(key), known, n=3, cutoff=0.6)
+    hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
+            else f"known fields: {', '.join(known)}")
+    return ValueError(f"unknown training config field {key!r} (not a TrainConfig or embedding field); {hint}")
+
+
+def train_config(config: Mapping[str, Any]) -> TrainConfig:
+    """Flat sweep config -> :class:`dlrm.train.TrainConfig`.
+
+    Raises:
+        ValueError: a field that is not a config field (naming it and its close matches), or a
+            value :class:`dlrm.train.TrainConfig` refuses.
+    """
     from dlrm.train import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -39,7 +66,7 @@ def train_config(config: Mapping[str, Any]):
         elif key in names:
             kwargs[key] = value
         else:
-            raise ValueError(f"config field {key!r} is neither a TrainConfig nor an embedding field")
+            raise _unknown_field(key)
     method = kwargs.get("method", "full")
     # only the options the method uses, so that 'full' does not carry stray collisions
     used = {
@@ -59,7 +86,7 @@ def train_config(config: Mapping[str, Any]):
     return TrainConfig(**kwargs)
 
 
-def _dataset(cfg):
+def _dataset(cfg: TrainConfig) -> Any:
     import json
 
     from dlrm.data import load_dataset
@@ -70,14 +97,28 @@ def _dataset(cfg):
     return _DATASETS[key]
 
 
-def train_objective(config: Mapping[str, Any]) -> Dict[str, Any]:
-    """Train one DLRM as ``config`` says and return :func:`dlrm.train.train`'s metrics."""
-    import warnings
+class TrainObjective:
+    """The sweep objective: train one DLRM as a flat config says and return
+    :func:`dlrm.train.train`'s metrics. ``check_config`` validates a config without training."""
 
-    from dlrm.train import train
+    def __call__(self, config: Mapping[str, Any]) -> Dict[str, Any]:
+        import warnings
 
-    cfg = train_config(config)
-    with warnings.catch_warnings():
-        # torch's note on sparse Adagrad gradients, once per process: noise in a sweep's log
-        warnings.filterwarnings("ignore", message="Sparse invariant checks")
-        return train(cfg, dataset=_dataset(cfg))
+        from dlrm.train import train
+
+        cfg = train_config(config)
+        with warnings.catch_warnings():
+            # torch's note on sparse Adagrad gradients, once per process: noise in a sweep's log
+            warnings.filterwarnings("ignore", message="Sparse invariant checks")
+            return train(cfg, dataset=_dataset(cfg))
+
+    def check_config(self, config: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` when ``config`` is not a valid training config (nothing is trained)."""
+        try:
+            train_config(config)
+        except TypeError as exc:  # e.g. a list where a number belongs
+            raise ValueError(f"invalid training config: {exc}") from None
+
+
+#: what ``--objective sweeps.objective:train_objective`` (the default) names
+train_objective = TrainObjective()

@@ -19,14 +19,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
-__all__ = ["trials_frame", "export_study", "study_frame"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["trials_frame", "export_study", "study_frame", "drop_duplicate_trials"]
 
 _SKIP_ATTRS = {"config", "metrics", "tables", "run"}
 
 
-def trials_frame(study, complete_only: bool = False, dedupe: bool = False):
+def trials_frame(study: Any, complete_only: bool = False, dedupe: bool = False) -> pd.DataFrame:
     """The trials of ``study`` (an :class:`optuna.Study`) as a DataFrame (see the module doc)."""
     import pandas as pd
     from optuna.trial import TrialState
@@ -71,10 +74,23 @@ def trials_frame(study, complete_only: bool = False, dedupe: bool = False):
     df = pd.DataFrame(rows) if rows else pd.DataFrame(columns=[
         "study", "number", "state", "datetime_start", "datetime_complete", "duration_s",
         *[f"objective_{n}" for n in names], "grid_key", "point", "seed", "retry_of"])
+    if dedupe:
+        return drop_duplicate_trials(df)
+    df.attrs["duplicates_dropped"] = 0
+    return df
+
+
+def drop_duplicate_trials(df: pd.DataFrame) -> pd.DataFrame:
+    """Keep, per grid key, the COMPLETE trial with the smallest number (no ``state`` column: every
+    row counts as COMPLETE); rows of other states and rows without a grid key stay.
+    ``attrs["duplicates_dropped"]`` says how many rows went."""
+    import pandas as pd
+
     dropped = 0
-    if dedupe and len(df) and "grid_key" in df.columns:
-        complete = df["state"] == "COMPLETE"
-        keyed = complete & df["grid_key"].notna()
+    if len(df) and {"grid_key", "number"} <= set(df.columns):
+        keyed = df["grid_key"].notna()
+        if "state" in df.columns:
+            keyed &= df["state"] == "COMPLETE"
         first = df[keyed].sort_values("number").drop_duplicates("grid_key", keep="first")
         dropped = int(keyed.sum() - len(first))
         df = pd.concat([df[~keyed], first]).sort_values("number").reset_index(drop=True)
@@ -82,9 +98,9 @@ def trials_frame(study, complete_only: bool = False, dedupe: bool = False):
     return df
 
 
-def study_frame(storage: str, study_name: str, complete_only: bool = True, dedupe: bool = True):
+def study_frame(storage: str, study_name: str, complete_only: bool = True, dedupe: bool = True) -> pd.DataFrame:
     """:func:`trials_frame` of the study ``study_name`` in the storage URL ``storage``."""
-    from sweeps.runner import load_study
+    from sweeps.study import load_study
 
     return trials_frame(load_study(storage, study_name), complete_only=complete_only, dedupe=dedupe)
 

@@ -1,19 +1,10 @@
 """Search spaces as code: the paper's grids, the extra methods, and an open multi-objective search.
 
-A :class:`SearchSpace` is either a *grid* — a fixed list of labelled points (each a dict of
-training-config fields) crossed with a list of seeds, run with :class:`optuna.samplers.GridSampler`
-so that a figure is exactly reproducible — or an *open* search whose ``suggest(trial)`` draws a
-config for NSGA-II. Either way a trial becomes one flat config dict: ``space.base`` (fixed fields)
-updated by the caller's overrides and then by the point (or the suggestion) and the seed. The
-sweep runner hands that dict to an objective (``config -> metrics``); the real objective builds a
-:class:`dlrm.train.TrainConfig` from it.
-
-The grids follow Shi et al. (KDD 2020), Section 5: collisions 2–7 and 60 for hashing and for QR
-with concatenation, addition and multiplication; thresholds 1, 20, 200, 2000, 20000 at 4
-collisions; path-based composition with hidden sizes 16, 32, 64, 128. Outside the threshold grid,
-tables are compressed when they have more than 200 rows, the reference DLRM's default
-``--qr-threshold`` (our choice for the MovieLens features; the paper's Criteo tables are far
-larger).
+A :class:`SearchSpace` is either a *grid* (labelled points crossed with seeds, run with Optuna's
+``GridSampler`` so that a figure is exactly reproducible) or an *open* search whose
+``suggest(trial)`` draws a config for NSGA-II. A trial becomes one flat config dict: ``space.base``
+updated by the caller's overrides, then by the point (or the suggestion) and the seed. The grids
+follow Shi et al. (KDD 2020), Section 5.
 
 Example::
 
@@ -22,12 +13,17 @@ Example::
     58
     >>> space.point("qr-mult-c4")["num_collisions"]
     4
+    >>> parse_seeds("0,1,2")
+    (0, 1, 2)
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
+
+from compemb.options import METHODS
+from compemb.options import OPERATIONS as _ALL_OPERATIONS
 
 __all__ = [
     "SearchSpace",
@@ -42,6 +38,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "DIRECTIONS",
     "OBJECTIVE_NAMES",
+    "parse_seeds",
 ]
 
 #: Collisions of the paper's main figure (Shi et al. 2020, Fig. 3/4): 2-7 and 60.
@@ -50,14 +47,31 @@ PAPER_COLLISIONS: Tuple[int, ...] = (2, 3, 4, 5, 6, 7, 60)
 PAPER_THRESHOLDS: Tuple[int, ...] = (1, 20, 200, 2000, 20000)
 #: Hidden sizes of the path-based MLPs in the paper's path-based table.
 PAPER_PATH_HIDDEN: Tuple[int, ...] = (16, 32, 64, 128)
-OPERATIONS: Tuple[str, ...] = ("concat", "add", "mult")
-#: Tables with more rows than this are compressed outside the threshold grid (DLRM's default).
+#: The operations in the order of the paper's figures (concat, add, mult). A study records its grid
+#: points in this order, so changing it would refuse to resume existing studies.
+OPERATIONS: Tuple[str, ...] = tuple(reversed(_ALL_OPERATIONS))
+#: Tables with more rows than this are compressed outside the threshold grid (the reference DLRM's
+#: default ``--qr-threshold``; the paper's Criteo tables are far larger).
 DEFAULT_THRESHOLD = 200
 #: Optuna directions of the two objectives (embedding parameters, validation log loss).
-DIRECTIONS: Tuple[str, str] = ("minimize", "minimize")
+DIRECTIONS: Tuple[Literal["minimize", "maximize"], ...] = ("minimize", "minimize")
 OBJECTIVE_NAMES: Tuple[str, str] = ("embedding_params", "val_loss")
 
 Point = Dict[str, Any]
+
+
+def parse_seeds(text: Optional[str]) -> Optional[Tuple[int, ...]]:
+    """``"0,1,2"`` -> ``(0, 1, 2)`` (a ``--seeds`` option); ``None`` stays ``None``.
+
+    Raises:
+        ValueError: an entry is not an int, naming the text.
+    """
+    if text is None:
+        return None
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"--seeds expects comma-separated ints, got {text!r}") from None
 
 
 def grid_key(point: str, seed: int) -> str:
@@ -144,7 +158,7 @@ class SearchSpace:
         """Every grid trial's key, in point-major order."""
         return [grid_key(label, seed) for label in self.labels() for seed in self.seeds]
 
-    def make_sampler(self, seed: int = 0):
+    def make_sampler(self, seed: int = 0) -> Any:
         """``GridSampler`` for a grid (fixed shuffle seed), ``NSGAIISampler`` for an open search."""
         import optuna
 
@@ -152,7 +166,7 @@ class SearchSpace:
             return optuna.samplers.GridSampler(self.grid_search_space(), seed=seed)
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, self.size // 4)))
 
-    def sample(self, trial, overrides: Optional[Mapping[str, Any]] = None) -> Tuple[Optional[str], Point]:
+    def sample(self, trial: Any, overrides: Optional[Mapping[str, Any]] = None) -> Tuple[Optional[str], Point]:
         """Draw one trial's config.
 
         Returns:
@@ -208,7 +222,8 @@ def _md(alpha: float) -> Tuple[str, Point]:
     return f"md-a{alpha:g}", {"method": "md", "md_temperature": alpha, "threshold": DEFAULT_THRESHOLD}
 
 
-def collisions_points(collisions: Sequence[int] = PAPER_COLLISIONS, operations: Sequence[str] = OPERATIONS):
+def collisions_points(collisions: Sequence[int] = PAPER_COLLISIONS,
+                      operations: Sequence[str] = OPERATIONS) -> Tuple[Tuple[str, Point], ...]:
     """Figure 1's grid: the full table, hashing and QR per operation over ``collisions``."""
     pts = [_full()]
     pts += [_hash(c) for c in collisions]
@@ -217,24 +232,24 @@ def collisions_points(collisions: Sequence[int] = PAPER_COLLISIONS, operations: 
 
 
 def threshold_points(thresholds: Sequence[int] = PAPER_THRESHOLDS, operations: Sequence[str] = OPERATIONS,
-                     collisions: int = 4):
+                     collisions: int = 4) -> Tuple[Tuple[str, Point], ...]:
     """Figure 2's grid: QR at ``collisions`` per operation over the size ``thresholds``."""
     return tuple(_qr(op, collisions, t) for op in operations for t in thresholds)
 
 
-def path_points(hidden: Sequence[int] = PAPER_PATH_HIDDEN, collisions: int = 4):
+def path_points(hidden: Sequence[int] = PAPER_PATH_HIDDEN, collisions: int = 4) -> Tuple[Tuple[str, Point], ...]:
     """Figure 3's grid: path-based composition, one MLP hidden size per point."""
     return tuple(_path(h, collisions) for h in hidden)
 
 
-def extra_points(k: int = 3, alphas: Sequence[float] = (0.3,)):
+def extra_points(k: int = 3, alphas: Sequence[float] = (0.3,)) -> Tuple[Tuple[str, Point], ...]:
     """Generalized QR and CRT with ``k`` partitions per operation, and mixed dimensions."""
     return tuple(_kpart(m, op, k) for m in ("gqr", "crt") for op in OPERATIONS) + tuple(_md(a) for a in alphas)
 
 
 def _open_suggest(trial) -> Point:
     """NSGA-II's search: method, operation, collisions, threshold, width and learning rate."""
-    method = trial.suggest_categorical("method", ["hash", "qr", "gqr", "crt", "path", "md"])
+    method = trial.suggest_categorical("method", [m for m in METHODS if m != "full"])
     fields: Point = {
         "method": method,
         "threshold": trial.suggest_categorical("threshold", list(PAPER_THRESHOLDS)),
@@ -293,7 +308,7 @@ def _open(seeds=(0,), n_trials: int = 60) -> SearchSpace:
 
 
 def _demo(seeds=(0, 1)) -> SearchSpace:
-    # The main job's small grid: every figure gets a few points (see sweeps/demo.py for its cost).
+    # The main job's small grid: every figure gets a few points (see paper_figures/demo.py for its cost).
     pts = collisions_points((2, 4, 8)) + threshold_points((1, 20, 2000), ("mult",)) + path_points((16, 64))
     return SearchSpace("demo", "the main job: small grid on MovieLens-100k feeding all four figures", pts,
                        tuple(seeds), dict(PAPER_BASE))

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from compemb.baselines import HashEmbeddingBag, MixedDimEmbeddingBag, md_dims
 from compemb.partitions import HashPartition
 from _bags import bag_inputs, naive_pool
+from _reference import sparse_adam_first_step
 
 FAST = settings(max_examples=30, deadline=None)
 
@@ -29,7 +30,8 @@ def _draw_mode_and_weights(data, inp):
     mode = data.draw(st.sampled_from(["sum", "mean", "max"]), label="mode")
     psw = None
     if mode == "sum" and data.draw(st.booleans(), label="psw"):
-        psw = torch.rand(inp.shape, dtype=torch.float64) * 2 - 1
+        gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1), label="psw_seed"))
+        psw = torch.rand(inp.shape, dtype=torch.float64, generator=gen) * 2 - 1
     return mode, psw
 
 
@@ -110,7 +112,11 @@ def test_hash_sparse_gradients_sgd_and_sparse_adam():
     opt = torch.optim.SparseAdam(list(bag.parameters()), lr=0.01)
     opt.zero_grad()
     bag(inp, torch.tensor([0, 2])).square().sum().backward()
+    before = bag.weight.detach().clone()
     opt.step()
+    want = sparse_adam_first_step(before, bag.weight.grad.to_dense(), lr=0.01)
+    torch.testing.assert_close(bag.weight.detach(), want)
+    assert (bag.weight.detach() != before).any(1).nonzero().flatten().tolist() == [3, 7, 9]
 
 
 def test_hash_errors():
@@ -127,7 +133,7 @@ def test_hash_errors():
         with pytest.raises(IndexError) as info:
             bag(torch.tensor([[1, bad]]))
         assert "HashEmbeddingBag" in str(info.value) and str(bad) in str(info.value) and "10" in str(info.value)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="HashEmbeddingBag: input must be an integer tensor.*float32"):
         bag(torch.tensor([[1.0, 2.0]]))
     with pytest.raises(ValueError, match="per_sample_weights"):
         HashEmbeddingBag(10, 4, num_buckets=5, mode="max")(torch.tensor([[1, 2]]), per_sample_weights=torch.ones(1, 2))
@@ -255,10 +261,13 @@ def test_all_bags_empty_give_zeros(mode):
         out = bag(torch.zeros(0, dtype=torch.long), torch.tensor([0, 0]))
         assert out.shape == (2, 4) and not out.any()
         out.sum().backward()
+        for name, p in bag.named_parameters():  # every parameter in the graph, with a zero gradient
+            assert p.grad is not None and not p.grad.any(), (type(bag).__name__, name)
 
 
 def test_hash_and_mixed_dim_from_pretrained():
-    table = torch.randn(7, 3, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(5)
+    table = torch.randn(7, 3, dtype=torch.float64, generator=gen)
     bag = HashEmbeddingBag.from_pretrained(table, num_embeddings=30, mode="sum")
     assert bag.num_buckets == 7 and bag.weight is not None and not bag.weight.requires_grad
     x = torch.tensor([[3, 29], [0, 14]])
@@ -270,7 +279,7 @@ def test_hash_and_mixed_dim_from_pretrained():
     with pytest.raises(ValueError, match="2-D"):
         HashEmbeddingBag.from_pretrained(torch.randn(7), num_embeddings=30)
 
-    weight, proj = torch.randn(30, 2, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    weight, proj = torch.randn(30, 2, dtype=torch.float64, generator=gen), torch.randn(5, 2, dtype=torch.float64, generator=gen)
     md = MixedDimEmbeddingBag.from_pretrained(weight, proj, mode="sum")
     assert (md.num_embeddings, md.embedding_dim, md.md_dim) == (30, 5, 2)
     torch.testing.assert_close(md(x), weight[x].sum(1) @ proj.t())

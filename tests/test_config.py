@@ -1,6 +1,7 @@
 """EmbeddingBagConfig validation, build_embedding_bag for every method, parameter accounting."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -15,7 +16,7 @@ from compemb.config import (
     num_parameters,
     output_width,
 )
-from compemb.partitions import chinese_remainder, generalized_qr
+from _reference import crt_sizes, gqr_sizes, sparse_adam_first_step
 
 
 def _expected_parameters(config: EmbeddingBagConfig) -> int:
@@ -29,9 +30,9 @@ def _expected_parameters(config: EmbeddingBagConfig) -> int:
         rows = math.ceil(n / m) + m
         return rows * d if config.operation != "concat" else rows * d // 2  # d even in these tests
     if config.method in ("gqr", "crt"):
-        fam = (generalized_qr if config.method == "gqr" else chinese_remainder)(n, k=config.k)
-        assert math.prod(fam.table_sizes) >= n
-        rows = sum(fam.table_sizes)
+        sizes = (gqr_sizes if config.method == "gqr" else crt_sizes)(n, config.k)
+        assert math.prod(sizes) >= n
+        rows = sum(sizes)
         return rows * d if config.operation != "concat" else rows * d // config.k  # d % k == 0 here
     if config.method == "path":
         dims = (d,) + tuple(config.hidden_dims) + (d,)
@@ -100,7 +101,11 @@ def test_sparse_build(method):
     bag(torch.tensor([[1, 2], [3, 499]])).sum().backward()
     grads = [p.grad for p in bag.parameters()]
     assert grads and all(g.is_sparse for g in grads)
+    before = [p.detach().clone() for p in bag.parameters()]
     torch.optim.SparseAdam(list(bag.parameters()), lr=0.01).step()
+    for p, b, g in zip(bag.parameters(), before, grads):
+        torch.testing.assert_close(p.detach(), sparse_adam_first_step(b, g.to_dense(), lr=0.01))
+        assert not torch.equal(p.detach(), b)
 
 
 def test_uncompressible_tables_fall_back_to_full():
@@ -155,7 +160,7 @@ def test_config_is_frozen_and_hashable():
     cfg = EmbeddingBagConfig("t", 100, 16, method="path", hidden_dims=[8, 8])
     assert cfg.hidden_dims == (8, 8)
     assert hash(cfg) == hash(EmbeddingBagConfig("t", 100, 16, method="path", hidden_dims=(8, 8)))
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="num_embeddings"):
         cfg.num_embeddings = 5
     with pytest.raises(TypeError, match="name"):
         EmbeddingBagConfig("", 100, 16)

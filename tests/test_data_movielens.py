@@ -63,7 +63,7 @@ def test_rows_match_raw_files(ml, ml_dir):
     item = {int(i[0]): i for i in items}
     genre_vocab = ml.info["vocab"]["genres"]
     occ_vocab = ml.info["vocab"]["occupation"]
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(0)
     rows = np.sort(rng.choice(100_000, size=300, replace=False))
     # read these rows through the batching code: a split made of just them
     from dlrm.data.batching import RecSplit

@@ -157,7 +157,8 @@ def test_round_trip_through_criteo_loader(tmp_path):
 
 
 def test_cache_writer_equals_in_memory(tmp_path, capsys):
-    rc = data_main(["synthetic", "--out", str(tmp_path / "syn"), "--rows", "1500", "--scale", "1e4", "--seed", "5", "--no-progress"])
+    rc = data_main(["synthetic", "--out", str(tmp_path / "syn"), "--rows", "1500", "--scale", "1e4", "--seed", "5",
+                    "--no-progress"])
     assert rc == 0 and "1500 rows" in capsys.readouterr().out
     cached = load_dataset("synthetic", path=tmp_path / "syn")
     mem = load_dataset("synthetic", rows=1500, scale=1e4, seed=5)
@@ -169,7 +170,8 @@ def test_cache_writer_equals_in_memory(tmp_path, capsys):
         for bx, by in zip(x, y):
             assert torch.equal(bx.dense, by.dense) and torch.equal(bx.labels, by.labels)
             assert all(torch.equal(i, j) for i, j in zip(bx.indices, by.indices))
-    rc = data_main(["synthetic", "--out", str(tmp_path / "t.txt"), "--rows", "50", "--scale", "1e4", "--criteo-text", "--no-progress"])
+    rc = data_main(["synthetic", "--out", str(tmp_path / "t.txt"), "--rows", "50", "--scale", "1e4", "--criteo-text",
+                    "--no-progress"])
     assert rc == 0 and len((tmp_path / "t.txt").read_text().splitlines()) == 50
     assert write_synthetic_cache(tmp_path / "syn2", 100, scale=1e4).is_dir()
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import zlib
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ import torch.nn.functional as F
 
 from compemb import functional as CF
 from compemb.kernels import get_backend, resolve_backend
+from compemb.options import BagOptions
+from _reference import crt_sizes
 
 OPS = CF.OPERATIONS
 MODES = CF.MODES
@@ -22,20 +25,22 @@ COMPOSES = CF.COMPOSES
 # a naive per-index Python loop: the definition, written as plainly as possible
 
 
+def combine_ref(vectors, operation):
+    """One vector (or one batch of rows) per table, combined: concatenated, multiplied or added."""
+    if operation == "concat":
+        return torch.cat(vectors, dim=-1)
+    acc = vectors[0]
+    for v in vectors[1:]:
+        acc = acc * v if operation == "mult" else acc + v
+    return acc
+
+
 def naive_bag(codes, offsets, weights, operation, mode, compose, psw=None):
     """Loop over bags and indices; float64; empty bags give zeros."""
     k = len(weights)
     ws = [w.detach().double() for w in weights]
     width = sum(w.shape[1] for w in ws) if operation == "concat" else ws[0].shape[1]
     out = torch.zeros(len(offsets) - 1, width, dtype=torch.float64)
-
-    def combine(vectors):
-        if operation == "concat":
-            return torch.cat(vectors)
-        acc = vectors[0].clone()
-        for v in vectors[1:]:
-            acc = acc * v if operation == "mult" else acc + v
-        return acc
 
     def pool(vectors):
         if not vectors:
@@ -57,12 +62,13 @@ def naive_bag(codes, offsets, weights, operation, mode, compose, psw=None):
         scale = [1.0 if psw is None else float(psw[j]) for j in range(lo, hi)]
         if compose == "before_pool":
             vectors = [
-                combine([ws[i][int(codes[i, j])] for i in range(k)]) * scale[j - lo] for j in range(lo, hi)
+                combine_ref([ws[i][int(codes[i, j])] for i in range(k)], operation) * scale[j - lo]
+                for j in range(lo, hi)
             ]
             out[b] = pool(vectors)
         else:
             pooled = [pool([ws[i][int(codes[i, j])] * scale[j - lo] for j in range(lo, hi)]) for i in range(k)]
-            out[b] = combine(pooled)
+            out[b] = combine_ref(pooled, operation)
     return out
 
 
@@ -89,7 +95,10 @@ def bag_problems(draw, fixed_length=None):
     seed = draw(st.integers(0, 2**31 - 1))
     gen = torch.Generator().manual_seed(seed)
     n_idx = sum(lengths)
-    codes = torch.stack([torch.randint(0, s, (n_idx,), generator=gen) for s in sizes]) if n_idx else torch.zeros(k, 0, dtype=torch.long)
+    if n_idx:
+        codes = torch.stack([torch.randint(0, s, (n_idx,), generator=gen) for s in sizes])
+    else:
+        codes = torch.zeros(k, 0, dtype=torch.long)
     offsets = torch.tensor([0] + list(itertools.accumulate(lengths)), dtype=torch.long)
     weights = [torch.randn(s, d, generator=gen, dtype=torch.float64) for s, d in zip(sizes, dims)]
     psw = torch.randn(n_idx, generator=gen, dtype=torch.float64) if use_psw else None
@@ -142,7 +151,7 @@ def test_sparse_and_low_precision_paths_agree(problem, bf16):
         torch.testing.assert_close(got, want)
         got.sum().backward()
         for w in ws:
-            assert w.grad is None or w.grad.is_sparse
+            assert w.grad is not None and w.grad.is_sparse
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,7 +202,7 @@ def test_mult_differs_between_composes_on_multi_index_bags():
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("compose", COMPOSES)
 def test_gradcheck(operation, mode, compose):
-    gen = torch.Generator().manual_seed(hash((operation, mode, compose)) % 2**31)
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{operation} {mode} {compose}".encode()))
     sizes, dims = (3, 4), ((2, 3) if operation == "concat" else (3, 3))
     weights = [torch.randn(s, d, generator=gen, dtype=torch.float64, requires_grad=True) for s, d in zip(sizes, dims)]
     # bags of length 2, 0, 3, 1 (variable length), indices drawn without ties for max
@@ -270,14 +279,19 @@ def test_normalize_two_d_and_include_last_offset():
     "kwargs, error, words",
     [
         (dict(input=torch.tensor([1.0, 2.0]), offsets=torch.tensor([0])), TypeError, ["float"]),
-        (dict(input=torch.tensor([1, 9]), offsets=torch.tensor([0]), num_embeddings=9), IndexError, ["mybag", "9", "num_embeddings=9"]),
+        (dict(input=torch.tensor([1, 9]), offsets=torch.tensor([0]), num_embeddings=9), IndexError,
+         ["mybag", "9", "num_embeddings=9"]),
         (dict(input=torch.tensor([1, -3]), offsets=torch.tensor([0]), num_embeddings=9), IndexError, ["mybag", "-3", "9"]),
         (dict(input=torch.tensor([1, 2, 3]), offsets=torch.tensor([1, 2])), ValueError, ["offsets[0]", "1"]),
-        (dict(input=torch.tensor([1, 2, 3]), offsets=torch.tensor([0, 2, 1])), ValueError, ["non-decreasing", "offsets[1]=2", "offsets[2]=1"]),
+        (dict(input=torch.tensor([1, 2, 3]), offsets=torch.tensor([0, 2, 1])), ValueError,
+         ["non-decreasing", "offsets[1]=2", "offsets[2]=1"]),
         (dict(input=torch.tensor([1, 2, 3]), offsets=torch.tensor([0, 4])), ValueError, ["4", "N=3"]),
-        (dict(input=torch.tensor([1, 2]), offsets=torch.tensor([0]), per_sample_weights=torch.ones(2), mode="mean"), ValueError, ["per_sample_weights", "mean"]),
-        (dict(input=torch.tensor([1, 2]), offsets=torch.tensor([0]), per_sample_weights=torch.ones(3), mode="sum"), ValueError, ["per_sample_weights", "(2,)", "(3,)"]),
-        (dict(input=torch.tensor([1, 2]), offsets=torch.tensor([0]), per_sample_weights=torch.ones(2, dtype=torch.long), mode="sum"), TypeError, ["per_sample_weights"]),
+        (dict(input=torch.tensor([1, 2]), offsets=torch.tensor([0]), per_sample_weights=torch.ones(2), mode="mean"),
+         ValueError, ["per_sample_weights", "mean"]),
+        (dict(input=torch.tensor([1, 2]), offsets=torch.tensor([0]), per_sample_weights=torch.ones(3), mode="sum"),
+         ValueError, ["per_sample_weights", "(2,)", "(3,)"]),
+        (dict(input=torch.tensor([1, 2]), offsets=torch.tensor([0]), per_sample_weights=torch.ones(2, dtype=torch.long),
+              mode="sum"), TypeError, ["per_sample_weights"]),
         (dict(input=torch.tensor([[1, 2]]), offsets=torch.tensor([0])), ValueError, ["2-D", "offsets"]),
         (dict(input=torch.tensor([1, 2])), ValueError, ["offsets"]),
         (dict(input=torch.tensor([1, 2]), offsets=torch.tensor([0.0])), TypeError, ["offsets"]),
@@ -345,9 +359,9 @@ def test_init_bound_rejects_bad_arguments():
 def test_torch_backend_is_the_reference():
     backend = get_backend("torch")
     assert backend.name == "torch" and backend.priority == 0
-    assert resolve_backend("auto", operation="mult", mode="max", compose="before_pool", k=3,
+    assert resolve_backend("auto", BagOptions(operation="mult", mode="max", compose="before_pool", k=3,
                            dtype=torch.float64, device=torch.device("cpu"), per_sample_weights=False,
-                           sparse=True, max_norm=1.0, requires_grad=True) is not None
+                           sparse=True, max_norm=1.0, requires_grad=True)) is not None
     gen = torch.Generator().manual_seed(5)
     w = [torch.randn(4, 3, generator=gen), torch.randn(5, 3, generator=gen)]
     codes = torch.stack([torch.randint(0, 4, (6,), generator=gen), torch.randint(0, 5, (6,), generator=gen)])
@@ -356,22 +370,23 @@ def test_torch_backend_is_the_reference():
         backend.embedding_bag(codes, offs, w, "mult", "mean", "before_pool"),
         CF.embedding_bag_codes(codes, offs, w, "mult", "mean", "before_pool"),
     )
-    assert backend.unsupported_reason(operation="mult", mode="sum", compose="after_pool", k=2,
-                                      dtype=torch.float32, device=torch.device("cpu")) is None
-    assert "operation" in backend.unsupported_reason(operation="sub", mode="sum", compose="after_pool", k=2,
-                                                     dtype=torch.float32, device=torch.device("cpu"))
+    assert backend.unsupported_reason(BagOptions(operation="mult", mode="sum", compose="after_pool", k=2,
+                                                 dtype=torch.float32, device=torch.device("cpu"))) is None
+    with pytest.raises(ValueError, match="operation"):  # an unknown operation is refused before any backend
+        BagOptions(operation="sub", mode="sum", compose="after_pool", k=2)
 
 
 def test_compositional_embedding_bag_pipeline():
     from compemb.partitions import chinese_remainder
 
     family = chinese_remainder(30, k=2)
+    moduli = crt_sizes(30, 2)  # (6, 5): the codes of x are x % 6 and x % 5
     gen = torch.Generator().manual_seed(9)
-    weights = [torch.randn(s, 3, generator=gen, dtype=torch.float64) for s in family.table_sizes]
+    weights = [torch.randn(m, 3, generator=gen, dtype=torch.float64) for m in moduli]
     x = torch.randint(0, 30, (4, 3), generator=gen)
     for backend in (None, "torch", "auto", get_backend("torch")):
         out = CF.compositional_embedding_bag(x, None, weights, family, "mult", "sum", backend=backend)
-        codes = family.encode(x.reshape(-1))
+        codes = torch.stack([x.reshape(-1) % m for m in moduli])
         want = naive_bag(codes, torch.arange(0, 13, 3), weights, "mult", "sum", "before_pool")
         torch.testing.assert_close(out, want)
     with pytest.raises(IndexError, match="compositional_embedding_bag: index 30"):
@@ -392,14 +407,6 @@ def naive_bag_autograd(codes, offsets, weights, operation, mode, compose, psw=No
     width = sum(w.shape[1] for w in weights) if operation == "concat" else weights[0].shape[1]
     zero = sum(w.sum() for w in weights) * 0  # keeps every table in the graph
 
-    def combine(vectors):
-        if operation == "concat":
-            return torch.cat(vectors)
-        acc = vectors[0]
-        for v in vectors[1:]:
-            acc = acc * v if operation == "mult" else acc + v
-        return acc
-
     def pool(vectors):
         stacked = torch.stack(vectors)
         if mode == "max":
@@ -414,11 +421,11 @@ def naive_bag_autograd(codes, offsets, weights, operation, mode, compose, psw=No
             continue
         scale = [1.0 if psw is None else psw[j] for j in range(lo, hi)]
         if compose == "before_pool":
-            out.append(pool([combine([weights[i][int(codes[i, j])] for i in range(k)]) * scale[j - lo]
+            out.append(pool([combine_ref([weights[i][int(codes[i, j])] for i in range(k)], operation) * scale[j - lo]
                              for j in range(lo, hi)]))
         else:
-            out.append(combine([pool([weights[i][int(codes[i, j])] * scale[j - lo] for j in range(lo, hi)])
-                                for i in range(k)]))
+            out.append(combine_ref([pool([weights[i][int(codes[i, j])] * scale[j - lo] for j in range(lo, hi)])
+                                    for i in range(k)], operation))
     if not out:
         return torch.zeros(0, width, dtype=weights[0].dtype) + zero
     return torch.stack(out)
@@ -458,9 +465,9 @@ def test_gradients_equal_differentiable_loop(problem, sparse):
         if bag_len == "computed":
             got = CF.embedding_bag_codes(codes, offsets, ws, operation, mode, compose, p, sparse=sparse)
         else:  # what the modules pass: the bag length learnt from their validation
-            known = CF._fixed_bag_length(offsets, codes.shape[1])
-            got = CF._embedding_bag_codes_unchecked(
-                list(codes), offsets, ws, operation, mode, compose, p, sparse, bag_len=known)
+            known = CF.fixed_bag_length(offsets, codes.shape[1])
+            got = CF.embedding_bag_codes(
+                list(codes), offsets, ws, operation, mode, compose, p, sparse=sparse, trusted=True, bag_len=known)
         torch.testing.assert_close(got, want.detach())
         for a, b in zip(_grads(got, inputs, g), want_grads):
             torch.testing.assert_close(a, b)
@@ -516,10 +523,10 @@ def test_max_composed_matches_torch_embedding_bag_with_ties(lengths, operation, 
         ref_w = [w.clone().requires_grad_() for w in base]
         if compose == "before_pool":
             all_codes = torch.stack([torch.arange(12) % 3, torch.arange(12) // 3])
-            composed = CF._combine([ref_w[i][all_codes[i]] for i in range(2)], operation)
+            composed = combine_ref([ref_w[i][all_codes[i]] for i in range(2)], operation)
             ref = F.embedding_bag(x, composed, offsets, mode="max", include_last_offset=True)
         else:
-            ref = CF._combine([F.embedding_bag(codes[i], ref_w[i], offsets, mode="max", include_last_offset=True)
+            ref = combine_ref([F.embedding_bag(codes[i], ref_w[i], offsets, mode="max", include_last_offset=True)
                                for i in range(2)], operation)
         ws = [w.clone().requires_grad_() for w in base]
         out = CF.embedding_bag_codes(codes, offsets, ws, operation, "max", compose, sparse=sparse)
@@ -545,8 +552,8 @@ def test_no_indices_at_all_stays_in_the_graph(operation, mode, compose):
                 out = CF.embedding_bag_codes(codes, torch.zeros(num_bags + 1, dtype=torch.long), ws, operation,
                                              mode, compose, psw, sparse=sparse)
             else:
-                out = CF._embedding_bag_codes_unchecked(list(codes), torch.zeros(num_bags + 1, dtype=torch.long),
-                                                        ws, operation, mode, compose, psw, sparse, bag_len=None)
+                out = CF.embedding_bag_codes(list(codes), torch.zeros(num_bags + 1, dtype=torch.long), ws, operation,
+                                             mode, compose, psw, sparse=sparse, trusted=True, bag_len=None)
             assert out.shape == (num_bags, width if k == 2 else 2) and out.dtype == dtype
             assert out.requires_grad, (num_bags, sparse, dtype, k)
             grads = torch.autograd.grad(out.sum(), ws, allow_unused=True)
@@ -580,16 +587,16 @@ def test_normalize_reports_the_bag_length(lengths, form):
         args = (x, starts, None, True)
     else:  # indices after the last offset are dropped
         args = (torch.cat([x, torch.tensor([1, 2])]), starts, None, True)
-    flat, offs, _, bag_len = CF._normalize(*args, "sum", 5, "t")
+    flat, offs, _, bag_len = CF.bag_input(*args, "sum", 5, "t")
     assert torch.equal(offs, starts) and torch.equal(flat, x)
     want = lengths[0] if lengths and lengths[0] > 0 and len(set(lengths)) == 1 else None
-    assert bag_len == want == CF._fixed_bag_length(offs, flat.shape[0])
+    assert bag_len == want == CF.fixed_bag_length(offs, flat.shape[0])
 
 
 def test_validation_is_one_fetch_and_keeps_every_check(monkeypatch):
     calls = []
-    real = CF._fetch
-    monkeypatch.setattr(CF, "_fetch", lambda stats: calls.append(len(stats)) or real(stats))
+    real = CF._inputs._fetch
+    monkeypatch.setattr(CF._inputs, "_fetch", lambda stats: calls.append(len(stats)) or real(stats))
     one_hot = torch.arange(6)
     for args in [(torch.tensor([1, 2, 3, 4, 5, 6]), one_hot), (torch.tensor([1, 2, 3]), torch.tensor([0, 1, 1])),
                  (torch.tensor([[1, 2], [3, 4]]), None)]:
@@ -646,7 +653,7 @@ def test_training_after_an_evaluation_under_inference_mode():
                  lambda: PathEmbeddingBag(90, 4), lambda: HashEmbeddingBag(90, 4, num_buckets=7),
                  lambda: MixedDimEmbeddingBag(90, 4, md_dim=2)):
         for args in inputs:
-            CF._OFFSETS_CACHE.clear()
+            CF._inputs._OFFSETS_CACHE.clear()
             bag = make()
             with torch.inference_mode():
                 evaluated = bag(*args)

@@ -62,7 +62,7 @@ def test_log_loss_rejects_out_of_range_probability():
         log_loss([0, 1], [0.2, 1.5])
 
 
-def test_jsonl_writer(tmp_path):
+def test_jsonl_writer(tmp_path, monkeypatch):
     path = tmp_path / "sub" / "log.jsonl"
     writer = JsonLinesWriter(str(path))
     m = binary_metrics([0, 1, 1], [0.2, 0.7, 0.4], prefix="val_")
@@ -71,4 +71,7 @@ def test_jsonl_writer(tmp_path):
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines[0]["step"] == 1 and lines[0]["val_auc"] == pytest.approx(1.0)
     assert lines[1]["val_auc"] is None
-    JsonLinesWriter(None).write({"x": 1})  # no-op
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    JsonLinesWriter(None).write({"x": 1})  # a no-op: no file appears
+    assert sorted(tmp_path.rglob("*")) == before

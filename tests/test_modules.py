@@ -571,13 +571,13 @@ def test_forward_validates_once_and_needs_no_other_sync(kind, monkeypatch):
     # sync); the bag length comes from it, so the kernels never call _fixed_bag_length (a sync)
     # and the family's own range check (another sync) is skipped.
     fetches = []
-    real = CF._fetch
-    monkeypatch.setattr(CF, "_fetch", lambda stats: fetches.append(len(stats)) or real(stats))
+    real = CF._inputs._fetch
+    monkeypatch.setattr(CF._inputs, "_fetch", lambda stats: fetches.append(len(stats)) or real(stats))
 
     def no_sync(*args, **kwargs):
         raise AssertionError("a second device sync")
 
-    monkeypatch.setattr(CF, "_fixed_bag_length", no_sync)
+    monkeypatch.setattr(CF.reference, "fixed_bag_length", no_sync)
     monkeypatch.setattr(PartitionFamily, "encode", no_sync)
     x = torch.randint(0, 30, (12,))
     for mode, compose in itertools.product(MODES, COMPOSES):

@@ -214,6 +214,28 @@ def test_quotient_remainder_sizes_are_dlrms():
     assert family.num_parameters(16) == (4 + 2532807) * 16
 
 
+@given(st.integers(1, 10**7), st.integers(1, 10**8), st.integers(1, 4))
+def test_family_for_method_is_the_explicit_constructor(n, num_collisions, k):
+    def build(method):
+        return P.family_for_method(method, n, num_collisions=num_collisions, k=k)
+
+    assert build("full") == naive(n)
+    if num_collisions >= n:  # one quotient class: the full table instead
+        assert build("qr") == naive(n) and build("qr").table_sizes == (n,)
+    else:
+        assert build("qr") == quotient_remainder(n, num_collisions)
+        assert build("qr").table_sizes == (num_collisions, -(-n // num_collisions))
+    assert build("gqr") == generalized_qr(n, k=k)
+    assert build("crt") == chinese_remainder(n, k=k)
+    assert build("gqr").k == build("crt").k == k
+
+
+@pytest.mark.parametrize("method", ["hash", "path", "md", "QR", ""])
+def test_family_for_method_refuses_methods_without_a_family(method):
+    with pytest.raises(ValueError, match=rf"method '{method}'.*\('full', 'qr', 'gqr', 'crt'\)"):
+        P.family_for_method(method, 100)
+
+
 def test_encode_shapes_kinds_and_scalars():
     family = generalized_qr(1000, k=3)
     x = torch.tensor([[1, 999], [10, 0]], dtype=torch.int32)
@@ -248,8 +270,8 @@ def test_is_complementary_agrees_with_brute_force(parts):
 
 @pytest.mark.parametrize("n", [100, 10**6, 2**40, 2**62 + 7])
 def test_non_complementary_detected(n):
-    # residues whose lcm is below n
-    assert not chinese_remainder(n, moduli=[4, 6, 9], check=False).is_complementary() if n > 36 else True
+    # residues whose lcm (36) is below n
+    assert not chinese_remainder(n, moduli=[4, 6, 9], check=False).is_complementary()
     root = math.isqrt(n)
     assert not PartitionFamily([ResiduePartition(n, root - 1), ResiduePartition(n, root)]).is_complementary()
     # a quotient alone
@@ -309,6 +331,8 @@ def test_meet_and_refinement_laws(triple):
     # equality is equality of set partitions
     assert (p == q) == (ref_blocks(lp) == ref_blocks(lq))
     assert p.refines(q) == (p & q == p)
+    # the meet of three is the triple labelling
+    assert ref_blocks(ref_labels(pq & r)) == ref_blocks(list(zip(lp, lq, lr)))
 
 
 def test_equal_set_partitions_from_different_formulas():
@@ -347,7 +371,7 @@ def test_structural_algebra_for_large_n(n):
     # a witness on a sample disproves equality; with no witness and no proof it is undecidable
     assert HashPartition(n, 1000, seed=1) != HashPartition(n, 1000, seed=2)
     with pytest.raises(UndecidableError):
-        HashPartition(n, 2**50, seed=1) == HashPartition(n, 2**50, seed=2)
+        bool(HashPartition(n, 2**50, seed=1) == HashPartition(n, 2**50, seed=2))
 
 
 # --------------------------------------------------------------------------------------------
@@ -491,8 +515,14 @@ def test_generalized_qr_with_radix_products_beyond_int64():
 def test_docstring_examples():
     import doctest
 
-    result = doctest.testmod(P, extraglobs={"torch": torch}, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 10 and result.failed == 0
+    from compemb.partitions import algebra, constructors, family, kinds
+
+    attempted = 0
+    for module in (P, algebra, constructors, family, kinds):
+        result = doctest.testmod(module, extraglobs={"torch": torch}, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0, module.__name__
+        attempted += result.attempted
+    assert attempted > 10
 
 
 def test_remainder_with_modulus_at_the_int64_limit():

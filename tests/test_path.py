@@ -17,6 +17,7 @@ from compemb.partitions import (
 )
 from compemb.path import PathEmbeddingBag
 from _bags import bag_inputs, naive_pool
+from _reference import gqr_sizes
 
 FAST = settings(max_examples=25, deadline=None)
 
@@ -58,9 +59,10 @@ def test_default_family_equals_naive_loop(data):
     activation = data.draw(st.sampled_from(["relu", "tanh"]), label="activation")
     mode = data.draw(st.sampled_from(["sum", "mean", "max"]), label="mode")
     inp, offsets, last, bags = data.draw(bag_inputs(n, max_len=3), label="input")
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
     psw = None
     if mode == "sum" and data.draw(st.booleans(), label="psw"):
-        psw = torch.rand(inp.shape, dtype=torch.float64) * 2 - 1
+        psw = torch.rand(inp.shape, dtype=torch.float64, generator=gen) * 2 - 1
     bag = PathEmbeddingBag(
         n, dim, num_collisions=m, hidden_dims=hidden, activation=activation, mode=mode,
         include_last_offset=last, dtype=torch.float64,
@@ -68,7 +70,7 @@ def test_default_family_equals_naive_loop(data):
     with torch.no_grad():  # move biases off zero so they are exercised
         for maps in bag.maps:
             for b in maps.biases or []:
-                b.uniform_(-0.3, 0.3)
+                b.uniform_(-0.3, 0.3, generator=gen)
     # default family: base table by quotient x // m, map by remainder x % m (Python ints)
     _check_against_naive(bag, inp, offsets, bags, mode, psw, lambda x: (x // m, x % m))
 
@@ -83,7 +85,8 @@ def test_three_partition_family_equals_naive_loop(data):
     inp, offsets, last, bags = data.draw(bag_inputs(n, max_len=3), label="input")
     bag = PathEmbeddingBag(n, 3, family=family, hidden_dims=hidden, mode=mode,
                            include_last_offset=last, dtype=torch.float64)
-    sizes = family.table_sizes
+    sizes = gqr_sizes(n, 3)
+    assert family.table_sizes == tuple(sizes)
 
     def classes_of(x):  # mixed-radix digits, least significant first
         digits = []
@@ -102,9 +105,10 @@ def test_identity_family_is_the_full_table():
     n, d = 30, 5
     bag = PathEmbeddingBag(n, d, family=naive(n), mode="sum", dtype=torch.float64)
     assert len(bag.maps) == 0 and bag.weight.shape == (n, d)
-    inp = torch.randint(0, n, (50,))
+    gen = torch.Generator().manual_seed(4)
+    inp = torch.randint(0, n, (50,), generator=gen)
     offsets = torch.tensor([0, 7, 7, 20, 33])
-    psw = torch.rand(50, dtype=torch.float64)
+    psw = torch.rand(50, dtype=torch.float64, generator=gen)
     expected = torch.nn.functional.embedding_bag(inp, bag.weight, offsets, mode="sum", per_sample_weights=psw)
     torch.testing.assert_close(bag(inp, offsets, psw), expected, rtol=0, atol=0)
 
@@ -204,6 +208,9 @@ def test_all_bags_empty(m, sparse):
     out = bag(torch.zeros(0, dtype=torch.long), torch.tensor([0, 0, 0]))
     assert out.shape == (3, 4) and not out.any()
     out.sum().backward()
+    for name, p in bag.named_parameters():  # every parameter in the graph, with a zero gradient
+        assert p.grad is not None and p.grad.is_sparse == sparse, name
+        assert not p.grad.to_dense().any(), name
 
 
 def test_reset_parameters_redraws_and_extra_repr():

@@ -5,6 +5,7 @@ import re
 import pytest
 
 from compemb import cli, plan
+from _reference import ceil_div, gqr_sizes, split_widths
 
 CRITEO = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
           5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
@@ -32,14 +33,6 @@ def _int(text):
     return int(text.replace(",", ""))
 
 
-def ceil_div(a, b):
-    return -(-a // b)
-
-
-def widths(dim, k):
-    return [dim // k + (1 if i < dim % k else 0) for i in range(k)]
-
-
 def test_criteo_preset_sums_to_the_design_numbers(capsys):
     assert list(plan.CRITEO_KAGGLE_CARDINALITIES) == CRITEO
     assert sum(CRITEO) == 33762577 and sum(CRITEO) * 16 == 540201232
@@ -60,7 +53,7 @@ def test_qr_plan_on_criteo(capsys, collisions, threshold, dim, operation):
         assert r["rows"] == n and r["before"] == n * dim
         if n > threshold and collisions < n:
             sizes = [collisions, ceil_div(n, collisions)]
-            w = widths(dim, 2) if operation == "concat" else [dim, dim]
+            w = split_widths(dim, 2) if operation == "concat" else [dim, dim]
             after = sizes[0] * w[0] + sizes[1] * w[1]
             assert r["method"] == "qr"
         else:
@@ -74,21 +67,6 @@ def test_qr_plan_on_criteo(capsys, collisions, threshold, dim, operation):
     assert ratio == pytest.approx(sum(CRITEO) * dim / expected_after, abs=0.005)
 
 
-def _ref_gqr_sizes(n, k):
-    lo = 1
-    while (lo + 1) ** k <= n:
-        lo += 1
-    j = 0
-    while lo ** (k - j) * (lo + 1) ** j < n:
-        j += 1
-    radices = [lo + 1] * j + [lo] * (k - j)
-    sizes, place = [], 1
-    for r in radices:
-        sizes.append(min(r, ceil_div(n, place)))
-        place *= r
-    return sizes
-
-
 @pytest.mark.parametrize("sep", [",", "\n", ", "])
 def test_cardinalities_file_gqr_and_crt(capsys, tmp_path, sep):
     cards = [5, 1000, 1001, 123457, 10131227, 99]
@@ -98,9 +76,9 @@ def test_cardinalities_file_gqr_and_crt(capsys, tmp_path, sep):
                                      "--threshold", "100", "--dim", "16", "--operation", "concat")
     assert [r["rows"] for r in rows] == cards
     for r, n in zip(rows, cards):
-        sizes = _ref_gqr_sizes(n, 3) if n > 100 else [n]
+        sizes = gqr_sizes(n, 3) if n > 100 else [n]
         assert r["classes"] == sizes
-        w = widths(16, 3) if n > 100 else [16]
+        w = split_widths(16, 3) if n > 100 else [16]
         assert r["after"] == sum(s * x for s, x in zip(sizes, w))
     rows, _, _, _ = run_plan(capsys, "--cardinalities", str(path), "--method", "crt", "--k", "3",
                              "--threshold", "100", "--dim", "8")

@@ -8,6 +8,8 @@ rms error is about ``1 / (2**bits - 1)``: 0.0039 (int8), 0.067 (int4); a product
 quantized factors (``mult``) adds them in quadrature (x sqrt(2): 0.0055 and 0.094). The tests
 allow about 1.6-2x of those predictions: int8 < 1e-2, int4 < 1.5e-1.
 """
+import zlib
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -35,7 +37,7 @@ def _modules(n, d):
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("kind", list(_modules(1, 1)))
 def test_relative_error_within_quantisation_bound(kind, bits):
-    torch.manual_seed(torch.seed() % 2**31)
+    torch.manual_seed(zlib.crc32(f"{kind} {bits}".encode()))
     n, d = 5000, 16
     module = _modules(n, d)[kind]()
     if kind == "full":
@@ -55,6 +57,7 @@ def test_every_output_entry_within_summed_half_steps(bits, d, seed, psw):
     # add / sum: the output error is bounded by the sum over the bag of each row's half step
     # (plus the fp16 rounding of scale and bias); 1-D input with offsets and per-sample weights
     gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the module's initial tables
     n = 300
     module = QREmbeddingBag(n, d, num_collisions=7, mode="sum", operation="add")
     x = torch.randint(0, n, (40,), generator=gen)

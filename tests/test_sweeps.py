@@ -173,7 +173,6 @@ def test_two_worker_processes_on_sqlite_complete_each_point_once(tmp_path):
 
 
 def test_killed_worker_leaves_trial_failed_and_study_usable(tmp_path):
-    import optuna
     from optuna.trial import TrialState
 
     url = default_storage_url("kill", tmp_path)
@@ -228,7 +227,7 @@ def test_cli_run_list_export(tmp_path, capsys):
 
 
 def test_demo_main_job_with_stand_in_objective(tmp_path, capsys):
-    from sweeps.demo import main as demo_main
+    from paper_figures.demo import main as demo_main
 
     rc = demo_main(["--results-dir", str(tmp_path), "--workers", "1", "--seeds", "0",
                     "--objective", SYNTH])
@@ -307,3 +306,211 @@ def test_export_of_a_study_without_trials_writes_readable_empty_tables(tmp_path)
     csv, pq = pd.read_csv(paths["csv"]), pd.read_parquet(paths["parquet"])
     assert len(csv) == len(pq) == 0
     assert {"number", "state", "grid_key"} <= set(csv.columns) and {"number", "state"} <= set(pq.columns)
+
+
+def test_synthetic_objective_is_the_same_in_every_process():
+    # workers are other processes: the made-up noise must not come from hash() (salted per process)
+    import sys
+
+    from sweeps._testing import synthetic_objective
+
+    config = {"method": "qr", "num_collisions": 4, "operation": "add", "seed": 3}
+    code = f"from sweeps._testing import synthetic_objective as f; print(repr(f({config!r})['val_loss']))"
+    for salt in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code], env=_env(PYTHONHASHSEED=salt), capture_output=True,
+                             text=True, check=True).stdout
+        assert float(out) == synthetic_objective(config)["val_loss"]
+
+
+# ------------------------------------------------------------------------------------ issue 11: clear errors
+
+
+def _one_line_error(err: str, *needles: str) -> str:
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize("url, shown, hidden", [
+    ("bogus://x", "bogus://x", None),
+    ("postgresql://alice:s3cret@127.0.0.1:1/none", "postgresql://alice:***@127.0.0.1:1/none", "s3cret"),
+    ("sqlite:////nonexistent-compemb-dir/sub/x.db", "sqlite:////nonexistent-compemb-dir/sub/x.db", None),
+])
+def test_unusable_storage_url_is_a_one_line_error_naming_it(tmp_path, capsys, url, shown, hidden):
+    rc = sweep_main(["run", "--space", "tiny", "--seeds", "0", "--storage", url, "--objective", SYNTH,
+                     "--results-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    line = _one_line_error(err, "compemb sweep: error:", shown)
+    assert hidden is None or hidden not in line
+
+
+def test_export_or_list_of_a_missing_study_leaves_no_database_behind(tmp_path, capsys):
+    results = tmp_path / "results"
+    assert sweep_main(["export", "--study", "nonexistent", "--results-dir", str(results),
+                       "--out", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys.readouterr().err, "compemb sweep: error:", "nonexistent")
+    assert not results.exists() and not (tmp_path / "out").exists()
+    db = tmp_path / "other.db"
+    assert sweep_main(["list", "--storage", f"sqlite:///{db}"]) == 2
+    _one_line_error(capsys.readouterr().err, str(db))
+    assert not db.exists()
+    with pytest.raises(KeyError, match="nonexistent"):
+        load_study(f"sqlite:///{db}", "nonexistent")
+    assert not db.exists()
+
+
+def test_set_typo_fails_before_any_trial_naming_the_key_and_close_matches(tmp_path, capsys):
+    # the real objective: its config check runs before any study is created or trial trained
+    results = tmp_path / "r"
+    rc = sweep_main(["run", "--space", "tiny", "--seeds", "0", "--results-dir", str(results),
+                     "--set", "nonsense_field=3"])
+    assert rc == 2
+    _one_line_error(capsys.readouterr().err, "compemb sweep: error:", "'nonsense_field'")
+    rc = sweep_main(["run", "--space", "tiny", "--seeds", "0", "--results-dir", str(results),
+                     "--set", "max_step=3"])
+    assert rc == 2
+    _one_line_error(capsys.readouterr().err, "'max_step'", "'max_steps'")
+    rc = sweep_main(["run", "--space", "tiny", "--seeds", "0", "--results-dir", str(results),
+                     "--set", "optimizer=adamm"])
+    assert rc == 2
+    _one_line_error(capsys.readouterr().err, "adamm")
+    assert not list(results.glob("*.db"))  # no study: the corrected command starts afresh
+    with pytest.raises(ValueError, match="max_step"):
+        run_sweep("tiny", study_name="t", seeds=(0,), overrides={"max_step": 3}, results_dir=results, workers=2)
+    assert not list(results.glob("*.db"))
+
+
+def test_killed_worker_whose_trials_were_all_retried_exits_zero_with_a_note(tmp_path, capsys, monkeypatch):
+    # two real worker processes; the first trial anywhere SIGKILLs its own worker mid-trial, the other
+    # worker retries it after the grace period; the sweep is complete, so it succeeds, with one note
+    die = tmp_path / "die"
+    monkeypatch.setenv("COMPEMB_TEST_DIE_FILE", str(die))
+    rc = sweep_main(["run", "--space", "tiny", "--seeds", "0", "--results-dir", str(tmp_path), "--workers", "2",
+                     "--objective", "sweeps._testing:dying_objective", "--heartbeat", "1", "--grace", "2"])
+    out, err = capsys.readouterr()
+    assert die.exists()
+    assert rc == 0, out + err
+    assert "Traceback" not in out + err
+    notes = [l for l in (out + err).splitlines() if l.startswith("note:")]
+    assert len(notes) == 1 and "1 of 2 workers" in notes[0] and "signal 9" in notes[0] and "3/3" in notes[0], notes
+    study = load_study(default_storage_url("tiny", tmp_path), "tiny")
+    assert len(grid_status(study, sp.get_space("tiny", seeds=(0,))).done) == 3
+
+
+# ------------------------------------------------------------------------------------ issue 11: what a sweep shows
+
+
+def test_progress_lines_and_summary_table_in_one_process(tmp_path, capsys):
+    rc = sweep_main(["run", "--space", "tiny", "--seeds", "0,1", "--results-dir", str(tmp_path), "--objective", SYNTH])
+    out = capsys.readouterr().out
+    assert rc == 0
+    url = default_storage_url("tiny", tmp_path)
+    lines = out.splitlines()
+    assert url in lines[0]
+    trial_lines = [l for l in lines if l.lstrip().startswith("[")]
+    assert [l.split("]")[0].strip("[ ") for l in trial_lines] == [f"{i}/6" for i in range(1, 7)]
+    study = load_study(url, "tiny")
+    for line in trial_lines:
+        assert "ETA" in line and "val loss" in line and "AUC" in line and "params" in line
+    # every trial's key and val loss appear in its line
+    for t in study.trials:
+        m = t.user_attrs["metrics"]
+        assert any(t.user_attrs["grid_key"] in l and f"{m['val_loss']:.4f}" in l for l in trial_lines)
+    # the summary: one row per series, mean ± std over the two seeds, compression against full
+    table = out[out.index("series"):]
+    df = trials_frame(study, complete_only=True)
+    qr = df[df["point"] == "qr-mult-c4"]
+    row = next(l for l in table.splitlines() if l.startswith("qr-mult-c4"))
+    assert f"{qr['val_loss'].mean():.4f} ± {qr['val_loss'].std():.4f}" in row
+    assert f"{qr['test_auc'].mean():.4f} ± {qr['test_auc'].std():.4f}" in row
+    full = df[df["point"] == "full"]["embedding_params"].mean()
+    assert f"{full / qr['embedding_params'].mean():.1f}x" in row
+    assert sum(1 for l in table.splitlines() if l.split() and l.split()[0] in sp.get_space("tiny").labels()) == 3
+
+
+def test_progress_header_redacts_the_password():
+    from sweeps.progress import start_line
+
+    line = start_line("tiny", "tiny", 6, 0, 2, "postgresql://bob:hunter2@db.example:5432/sweeps")
+    assert "hunter2" not in line and "postgresql://bob:***@db.example:5432/sweeps" in line
+
+
+def _wait_for(path: Path, proc, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_stops_in_one_line_and_the_rerun_resumes_without_counting_it(tmp_path, workers):
+    # a real SIGINT to the sweep's process group (what Ctrl-C in a terminal sends) while every worker is
+    # inside a trial; --max-retry 0: an interrupted trial counted as a failure would be given up on rerun
+    import sys
+
+    block = tmp_path / "block"
+    block.write_text("hold")
+    argv = [sys.executable, "-m", "sweeps.cli", "run", "--space", "tiny", "--seeds", "0", "--results-dir",
+            str(tmp_path), "--objective", "sweeps._testing:blocking_objective", "--workers", str(workers),
+            "--max-retry", "0", "--heartbeat", "1"]
+    proc = subprocess.Popen(argv, env=_env(COMPEMB_TEST_BLOCK_FILE=block), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=ROOT)
+    _wait_for(Path(str(block) + ".started"), proc)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err, err
+    assert [l for l in err.splitlines() if l.strip()] == [
+        "interrupted: 0 of 3 done; re-run the same command to resume"], err
+    block.unlink()
+    again = subprocess.run(argv, env=_env(), capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    study = load_study(default_storage_url("tiny", tmp_path), "tiny")
+    assert len(grid_status(study, sp.get_space("tiny", seeds=(0,))).done) == 3
+    interrupted = [t for t in study.trials if t.user_attrs.get("interrupted")]
+    assert 1 <= len(interrupted) <= workers and all(t.state.name == "FAIL" for t in interrupted)
+
+
+# ------------------------------------------------------------------------------------ issue 11: slicing, collapse
+
+
+def test_trials_record_method_collisions_operation_threshold_seed_for_dashboards(tmp_path):
+    import optuna
+
+    run_sweep("tiny", study_name="attrs", seeds=(0, 1), objective=SYNTH, results_dir=tmp_path)
+    study = optuna.load_study(study_name="attrs", storage=default_storage_url("attrs", tmp_path))
+    seen = set()
+    for t in study.trials:
+        a, cfg = t.user_attrs, t.user_attrs["config"]
+        assert a["seed"] == t.params["seed"] == cfg["seed"]
+        assert a["method"] == cfg["method"]
+        for name in ("num_collisions", "operation", "threshold"):
+            assert a[name] == cfg.get(name), name
+        seen.add((a["method"], a["operation"], a["num_collisions"]))
+    assert seen == {("full", None, None), ("hash", None, 4), ("qr", "mult", 4)}
+    frame = study.trials_dataframe()
+    assert {"user_attrs_method", "user_attrs_num_collisions", "user_attrs_operation", "user_attrs_threshold",
+            "user_attrs_seed"} <= set(frame.columns)
+
+
+def test_collapsed_training_fails_its_trial_with_the_reason_and_is_not_retried(tmp_path, capsys):
+    rep = run_sweep("tiny", study_name="col", seeds=(0,), objective="sweeps._testing:collapsing_objective",
+                    results_dir=tmp_path, max_retry=3, show_progress=True)
+    out = capsys.readouterr().out
+    assert rep.complete == 2 and rep.given_up == ["hash-c4/s0"]
+    study = load_study(default_storage_url("col", tmp_path), "col")
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(failed) == 1  # deterministic: not retried
+    assert failed[0].user_attrs["failure_reason"] == "constant predictions (test AUC 0.5)"
+    assert failed[0].user_attrs["collapsed"] is True
+    line = next(l for l in out.splitlines() if "hash-c4/s0" in l and l.lstrip().startswith("["))
+    assert "FAILED" in line and "constant predictions (test AUC 0.5)" in line and "not retried" in line
+    # a rerun does not retry it either
+    again = run_sweep("tiny", study_name="col", seeds=(0,), objective="sweeps._testing:collapsing_objective",
+                      results_dir=tmp_path, max_retry=3)
+    assert again.trials_run == 0 and again.given_up == ["hash-c4/s0"]

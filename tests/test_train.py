@@ -1,13 +1,10 @@
 """Training loop: determinism, optimizers, early stopping, checkpoint resume, MovieLens run.
 
-The triton collection tests run on CPU under ``TRITON_INTERPRET=1``, which must be set before
-triton is imported.
+The triton collection tests run on CPU under ``TRITON_INTERPRET=1`` (tests/conftest.py sets it
+before triton is imported).
 """
 import json
 import math
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"  # noqa: E402  (before anything imports triton)
 
 import numpy as np
 import pytest
@@ -242,6 +239,7 @@ def test_resume_ignores_the_progress_bar_option_of_the_data_set(tmp_path):
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd_triton_fused"])
+@pytest.mark.triton_cpu
 def test_triton_collection_trains_and_resumes(tmp_path, optimizer):
     from compemb.kernels import _triton_tbe
     import dlrm.train as T

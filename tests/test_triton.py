@@ -1,13 +1,8 @@
 """The fused Triton backend equals the torch reference (forward and every gradient).
 
-Runs on CPU under ``TRITON_INTERPRET=1``, which must be set before triton is imported.
+Runs on CPU under ``TRITON_INTERPRET=1`` (tests/conftest.py sets it before triton is imported).
 """
-import os
 import zlib
-
-# Stays set for the whole session: Triton reads it lazily, not only at import. Under the
-# interpreter the backend has priority -10, so "auto" in other tests keeps the torch reference.
-os.environ["TRITON_INTERPRET"] = "1"  # noqa: E402  (before anything imports triton)
 
 import pytest
 import torch
@@ -16,9 +11,16 @@ from hypothesis import given, settings, strategies as st
 from compemb.kernels import BackendUnavailableError, resolve_backend
 from compemb.kernels import _triton
 from compemb.kernels._triton import BACKEND, triton_embedding_bag
-
-assert _triton.INTERPRETED, "compemb.kernels._triton was imported before TRITON_INTERPRET=1 was set"
 from compemb.functional import embedding_bag_codes as reference_embedding_bag
+from compemb.options import BagOptions
+
+pytestmark = pytest.mark.triton_cpu
+
+
+@pytest.fixture(autouse=True)
+def _interpreter_on():
+    assert _triton.INTERPRETED, "compemb.kernels._triton was imported before TRITON_INTERPRET=1 was set"
+
 
 OPS = ["mult", "add", "concat"]
 MODES = ["sum", "mean", "max"]
@@ -100,16 +102,15 @@ def test_half_precision_forward(dtype, tol, data):
 @pytest.mark.parametrize("pre_reduce", [True, False], ids=["pre_reduce", "per_index_atomics"])
 @pytest.mark.parametrize("operation, compose, mode", [("mult", "before_pool", "sum"), ("mult", "after_pool", "mean"),
                                                       ("add", "before_pool", "max"), ("concat", "before_pool", "sum")])
-def test_small_and_large_tables_with_many_bags_on_few_rows(operation, compose, mode, pre_reduce, monkeypatch):
+def test_small_and_large_tables_with_many_bags_on_few_rows(operation, compose, mode, pre_reduce):
     # tables of 40 and 17 rows (one atomic per index) and of 4 and 16 rows (pre-reduced per bag
     # when SMALL_ROWS = 16); every index of every bag is one of three values, so all bags hit the
     # same rows, with repeats inside a bag
-    monkeypatch.setattr(_triton, "PRE_REDUCE_SMALL", pre_reduce)
     gen = torch.Generator().manual_seed(zlib.crc32(f"{operation} {compose} {mode}".encode()))
     rows = [40, 4, 17, 16]
     dims = [3, 4, 2, 5] if operation == "concat" else [6] * 4
     weights = [torch.randn(r, d, generator=gen).requires_grad_() for r, d in zip(rows, dims)]
-    assert _triton._small_tables(weights, False) == ((0b1010, 16) if pre_reduce else (0, 1))
+    assert _triton._small_tables(weights, pre_reduce) == ((0b1010, 16) if pre_reduce else (0, 1))
     lengths = torch.randint(0, 5 if mode == "max" else 9, (10,), generator=gen)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
     n = int(offsets[-1])
@@ -121,7 +122,7 @@ def test_small_and_large_tables_with_many_bags_on_few_rows(operation, compose, m
     psw = torch.rand(n, generator=gen).requires_grad_() if mode == "sum" else None
     p = dict(codes=codes, offsets=offsets, weights=weights, operation=operation, mode=mode, compose=compose,
              per_sample_weights=psw)
-    out = triton_embedding_bag(**p, max_bag_length=int(lengths.max()))
+    out = triton_embedding_bag(**p, max_bag_length=int(lengths.max()), pre_reduce_small=pre_reduce)
     ref = reference_embedding_bag(**p)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     g = torch.randn_like(ref)
@@ -134,13 +135,14 @@ def test_small_and_large_tables_with_many_bags_on_few_rows(operation, compose, m
 def test_max_with_a_repeated_index_matches_torch_embedding_bag():
     # a tie: torch.nn.functional.embedding_bag gives the gradient to one copy, and so do we
     # (the reference's segment_reduce path gives it to every copy)
-    w = torch.randn(5, 6, requires_grad=True)
+    gen = torch.Generator().manual_seed(2)
+    w = torch.randn(5, 6, generator=gen, requires_grad=True)
     codes = torch.tensor([[3, 1, 3, 3, 0]])
     offsets = torch.tensor([0, 0, 4, 5])
     out = triton_embedding_bag(codes, offsets, [w], "add", "max")
     want = torch.nn.functional.embedding_bag(codes[0], w, offsets, mode="max", include_last_offset=True)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
-    g = torch.randn_like(want)
+    g = torch.randn(want.shape, generator=gen)
     torch.testing.assert_close(torch.autograd.grad(out, w, g)[0], torch.autograd.grad(want, w, g)[0])
 
 
@@ -174,27 +176,27 @@ def test_all_empty_bags_give_zeros_and_zero_gradients():
 def test_backend_refuses_by_name():
     base = dict(operation="mult", mode="sum", compose="before_pool", k=2,
                 dtype=torch.float32, device=torch.device("cpu"))
-    assert BACKEND.unsupported_reason(**base) is None  # interpreter is on in this file
-    assert resolve_backend("triton", **base) is BACKEND
+    assert BACKEND.unsupported_reason(BagOptions(**base)) is None  # interpreter is on in this file
+    assert resolve_backend("triton", BagOptions(**base)) is BACKEND
     for change, word in [(dict(k=5), "k=5"), (dict(sparse=True), "sparse"),
                          (dict(max_norm=1.0), "max_norm"), (dict(dtype=torch.float64), "float64"),
                          (dict(mode="max", per_sample_weights=True), "per_sample_weights")]:
-        reason = BACKEND.unsupported_reason(**dict(base, **change))
+        reason = BACKEND.unsupported_reason(BagOptions(**dict(base, **change)))
         assert reason is not None and word in reason, (change, reason)
         with pytest.raises(BackendUnavailableError, match=word):
-            resolve_backend("triton", **dict(base, **change))
+            resolve_backend("triton", BagOptions(**dict(base, **change)))
 
 
 def test_auto_never_prefers_the_interpreter():
     config = dict(operation="mult", mode="sum", compose="before_pool", k=2, dtype=torch.float32,
                   device=torch.device("cpu"))
-    assert resolve_backend("auto", **config).name != "triton"
+    assert resolve_backend("auto", BagOptions(**config)).name != "triton"
 
 
 def test_cpu_refused_without_interpreter(monkeypatch):
     monkeypatch.setattr(_triton, "INTERPRETED", False)
-    reason = BACKEND.unsupported_reason(operation="add", mode="sum", compose="before_pool", k=2,
-                                        dtype=torch.float32, device=torch.device("cpu"))
+    reason = BACKEND.unsupported_reason(BagOptions(operation="add", mode="sum", compose="before_pool", k=2,
+                                                   dtype=torch.float32, device=torch.device("cpu")))
     assert "TRITON_INTERPRET" in reason
 
 
@@ -221,12 +223,13 @@ def test_module_with_triton_backend_equals_torch_backend():
     tri = CompositionalEmbeddingBag(200, 6, family=family, operation="mult", mode="sum", backend="triton")
     ref = CompositionalEmbeddingBag(200, 6, family=family, operation="mult", mode="sum")
     ref.load_state_dict(tri.state_dict())
-    x = torch.randint(0, 200, (12,))
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 200, (12,), generator=gen)
     offsets = torch.tensor([0, 4, 4, 9])
-    psw = torch.rand(12)
+    psw = torch.rand(12, generator=gen)
     out, want = tri(x, offsets, psw), ref(x, offsets, psw)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
-    g = torch.randn_like(want)
+    g = torch.randn(want.shape, generator=gen)
     out.backward(g)
     want.backward(g)
     for a, b in zip(tri.weights, ref.weights):

@@ -1,23 +1,27 @@
 """The table-batched Triton path equals the torch reference, feature by feature.
 
-Runs on CPU under ``TRITON_INTERPRET=1``, which must be set before triton is imported.
+Runs on CPU under ``TRITON_INTERPRET=1`` (tests/conftest.py sets it before triton is imported).
 """
-import os
 import zlib
-
-os.environ["TRITON_INTERPRET"] = "1"  # noqa: E402  (before anything imports triton)
 
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
 from compemb import partitions as P
-from compemb.collection import CompositionalEmbeddingBagCollection, _widths
+from compemb.collection import CompositionalEmbeddingBagCollection
 from compemb.functional import embedding_bag_codes as reference
 from compemb.kernels import _triton_tbe
+from compemb.kernels import launch_plan
 from compemb.kernels._triton_tbe import tbe_embedding_bags, tbe_layout, validate_tbe_input
+from _reference import split_widths
 
-assert _triton_tbe.INTERPRETED, "compemb.kernels._triton was imported before TRITON_INTERPRET=1 was set"
+pytestmark = pytest.mark.triton_cpu
+
+
+@pytest.fixture(autouse=True)
+def _interpreter_on():
+    assert _triton_tbe.INTERPRETED, "compemb.kernels._triton_tbe was imported before TRITON_INTERPRET=1 was set"
 
 
 @st.composite
@@ -54,7 +58,7 @@ def problems(draw):
                 x[1] = x[0]  # a repeated index inside a bag
             idx.append(x)
             offs.append(offs[-1] + L)
-    widths = [_widths("f", d, len(f), operation) for f in fams] if operation == "concat" else None
+    widths = [split_widths(d, len(f)) for f in fams] if operation == "concat" else None
     layout = tbe_layout([f"f{i}" for i in range(F)], fams, d, operation, modes, compose, widths)
     weight = torch.randn(layout.numel, generator=gen)
     return layout, fams, torch.cat(idx), torch.tensor(offs), weight
@@ -104,18 +108,25 @@ FAMILY_SETS = {
 }
 
 
+# (pre_reduce, R, has_large, one_large) by hand from the moduli above: all_small [4, 13] [7, 7, 7]
+# [11, 12] [5]; one_large [4, 50] [40] [3, 10] [11, 12]; two_large [32, 32] [4, 25] [3] [13, 13, 12].
+# Pre-reduced, R is the power of two at or above the largest modulus <= 16 (13 -> 16) and only
+# larger moduli are large; without pre-reduction every component is large (R = 1), so every
+# feature of two or more components has two large ones.
+PLANS = {("all_small", True): (True, 16, False, True), ("one_large", True): (True, 16, True, True),
+         ("two_large", True): (True, 16, True, False), ("one_large", False): (False, 1, True, False)}
+
+
 def _plan_is(layout, fam_set, pre_reduce):
-    pre, R, has_large, one_large = _triton_tbe._small_plan(layout, pre_reduce)
-    assert pre == pre_reduce and R <= _triton_tbe.SMALL_ROWS
-    assert has_large == (fam_set != "all_small") or not pre
-    assert one_large == (fam_set != "two_large") or not pre
+    plan = launch_plan(layout, 1, pre_reduce_small=pre_reduce)
+    assert (plan.pre_reduce, plan.small_bound, plan.has_large, plan.one_large) == PLANS[fam_set, pre_reduce]
 
 
 def _sgd_case(operation, compose, fam_set, seed, B=4, max_len=6, pool=None):
     gen = torch.Generator().manual_seed(seed)
     fams = FAMILY_SETS[fam_set]()
     d = 6
-    widths = [_widths("f", d, len(f), operation) for f in fams] if operation == "concat" else None
+    widths = [split_widths(d, len(f)) for f in fams] if operation == "concat" else None
     layout = tbe_layout(list("abcd"), fams, d, operation, ["sum", "mean", "sum", "mean"], compose, widths)
     F = len(fams)
     lengths = torch.randint(0, max_len, (F * B,), generator=gen)
@@ -140,8 +151,7 @@ def _sgd_case(operation, compose, fam_set, seed, B=4, max_len=6, pool=None):
                          ids=["all_small", "one_large", "two_large", "per_index_atomics"])
 @pytest.mark.parametrize("operation, compose", [("mult", "before_pool"), ("mult", "after_pool"),
                                                 ("add", "before_pool"), ("concat", "before_pool")])
-def test_fused_sgd_step_equals_torch_sgd(operation, compose, fam_set, pre_reduce, monkeypatch):
-    monkeypatch.setattr(_triton_tbe, "PRE_REDUCE_SMALL", pre_reduce)
+def test_fused_sgd_step_equals_torch_sgd(operation, compose, fam_set, pre_reduce):
     layout, fams, idx, offs, w0, gen = _sgd_case(operation, compose, fam_set,
                                                  zlib.crc32(f"{operation} {compose} {fam_set}".encode()))
     _plan_is(layout, fam_set, pre_reduce)
@@ -157,14 +167,14 @@ def test_fused_sgd_step_equals_torch_sgd(operation, compose, fam_set, pre_reduce
     scratch = torch.zeros(layout.numel)
     placeholder = torch.zeros(0, requires_grad=True)
     out = tbe_embedding_bags(idx, offs, w, layout, optimizer="exact_sgd", learning_rate=lr,
-                             scratch=scratch, placeholder=placeholder)
+                             scratch=scratch, placeholder=placeholder, pre_reduce_small=pre_reduce)
     out.backward(g)
     torch.testing.assert_close(w, wr.detach(), rtol=1e-5, atol=1e-6)
     assert torch.equal(scratch, torch.zeros_like(scratch)), "the SGD scratch must be left all-zero"
     assert not torch.equal(w, w0)
     # and the dense gradient of the same lookup
     wd = w0.clone().requires_grad_()
-    (got,) = torch.autograd.grad(tbe_embedding_bags(idx, offs, wd, layout), wd, g)
+    (got,) = torch.autograd.grad(tbe_embedding_bags(idx, offs, wd, layout, pre_reduce_small=pre_reduce), wd, g)
     torch.testing.assert_close(got, wr.grad, rtol=1e-5, atol=1e-6)
 
 
@@ -191,14 +201,14 @@ def test_many_bags_hitting_the_same_few_rows(operation, compose, block_b):
     torch.testing.assert_close(ws, w0 - lr * want, rtol=1e-5, atol=1e-5)
 
 
-def test_small_rows_boundary_and_threshold(monkeypatch):
+def test_small_rows_boundary_and_threshold():
     # modulus SMALL_ROWS is pre-reduced, SMALL_ROWS + 1 is not; a lower threshold moves the line
     fams = [P.naive(16), P.naive(17), P.quotient_remainder(64, 4)]
     layout = tbe_layout(["a", "b", "c"], fams, 5, "add", ["sum"] * 3)
     assert _triton_tbe.SMALL_ROWS == 16
-    assert _triton_tbe._small_plan(layout, True) == (True, 16, True, True)
-    monkeypatch.setattr(_triton_tbe, "SMALL_ROWS", 4)
-    assert _triton_tbe._small_plan(layout, True) == (True, 4, True, True)
+    plans = [launch_plan(layout, 1, small_rows=rows) for rows in (16, 4)]
+    assert [(p.pre_reduce, p.small_bound, p.has_large, p.one_large) for p in plans] == [(True, 16, True, True),
+                                                                                    (True, 4, True, True)]
     B = 6
     gen = torch.Generator().manual_seed(5)
     idx = torch.cat([torch.randint(0, f.n, (3 * B,), generator=gen) for f in fams])
@@ -208,9 +218,8 @@ def test_small_rows_boundary_and_threshold(monkeypatch):
     wr = w0.clone().requires_grad_()
     (want,) = torch.autograd.grad(_reference(layout, fams, idx, offs, wr), wr, g)
     for small_rows in (4, 16, 0):
-        monkeypatch.setattr(_triton_tbe, "SMALL_ROWS", small_rows)
         w = w0.clone().requires_grad_()
-        (got,) = torch.autograd.grad(tbe_embedding_bags(idx, offs, w, layout), w, g)
+        (got,) = torch.autograd.grad(tbe_embedding_bags(idx, offs, w, layout, small_rows=small_rows), w, g)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -263,8 +272,9 @@ def test_collection_fused_sgd_equals_torch_sgd():
     ref = CompositionalEmbeddingBagCollection(cfg, backend="triton", seed=1)
     fused = CompositionalEmbeddingBagCollection(cfg, backend="triton", seed=1, optimizer="exact_sgd",
                                                 learning_rate=0.25)
-    x = [torch.randint(0, 200, (3, 5)), torch.randint(0, 90, (3, 2))]
-    g = torch.randn(3, 8)
+    gen = torch.Generator().manual_seed(4)
+    x = [torch.randint(0, 200, (3, 5), generator=gen), torch.randint(0, 90, (3, 2), generator=gen)]
+    g = torch.randn(3, 8, generator=gen)
     ref(x, concat=True).backward(g)
     torch.optim.SGD(ref.parameters(), lr=0.25).step()
     fused(x, concat=True).backward(g)
@@ -275,8 +285,9 @@ def test_collection_fused_sgd_equals_torch_sgd():
 def test_half_precision_forward_is_close_to_fp32():
     fams = [P.quotient_remainder(60, 4), P.generalized_qr(80, k=2)]
     layout = tbe_layout(["a", "b"], fams, 16, "mult", ["sum", "mean"])
-    w = torch.randn(layout.numel)
-    idx = torch.cat([torch.randint(0, 60, (9,)), torch.randint(0, 80, (6,))])
+    gen = torch.Generator().manual_seed(6)
+    w = torch.randn(layout.numel, generator=gen)
+    idx = torch.cat([torch.randint(0, 60, (9,), generator=gen), torch.randint(0, 80, (6,), generator=gen)])
     offs = torch.tensor([0, 4, 9, 12, 15])
     for dtype, tol in ((torch.bfloat16, 3e-2), (torch.float16, 3e-3)):
         wl = w.to(dtype)
@@ -308,13 +319,15 @@ def test_validation_names_feature_value_and_n():
         tbe_embedding_bags(torch.tensor([1, 2, 5, 6]), torch.tensor([0, 2, 1, 3, 4]), w, layout)
     with pytest.raises(ValueError, match="offsets\\[-1\\]"):
         validate_tbe_input(torch.tensor([1, 2, 5, 6, 7]), offs, layout)
-    coll = CompositionalEmbeddingBagCollection([("a", 10, 4, 3, "add", "sum"), ("b", 20, 4, 3, "add", "sum")],
-                                               backend="triton")
+    specs = [("a", 10, 4, 3, "add", "sum"), ("b", 20, 4, 3, "add", "sum")]
+    coll = CompositionalEmbeddingBagCollection(specs, backend="triton", seed=2)
     with pytest.raises(IndexError, match=r"'b'.*index 20 .*num_embeddings=20"):
         coll([torch.tensor([[1], [2]]), torch.tensor([[19], [20]])])
     with pytest.raises(ValueError, match=r"'a'.*offsets\[0\] must be 0"):
         coll([(torch.tensor([1, 2]), torch.tensor([1, 1])), torch.tensor([[1], [2]])])
-    coll([torch.tensor([[1], [2]]), torch.tensor([[19], [0]])], validate=False)  # trusted input runs
+    trusted = [torch.tensor([[1], [2]]), torch.tensor([[19], [0]])]
+    want = CompositionalEmbeddingBagCollection(specs, backend="torch", seed=2)(trusted, concat=True)
+    torch.testing.assert_close(coll(trusted, concat=True, validate=False), want, rtol=1e-5, atol=1e-6)
 
 
 def test_refusals_name_the_missing_piece():

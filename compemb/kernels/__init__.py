@@ -1,91 +1,108 @@
-"""Backends that compute a compositional embedding bag from partition codes.
+"""Kernel backends, picked by name: per-module :class:`Backend` s and table-batched :class:`CollectionBackend` s.
 
-Every backend computes the same function (see ``docs/architecture.md``, "The kernel contract"):
-``embedding_bag(codes, offsets, weights, operation, mode, compose, per_sample_weights)``.
-The ``torch`` backend is the reference (:mod:`compemb.functional`); the others are tested against it.
+Every :class:`Backend` computes the kernel contract of ``docs/architecture.md``,
+``embedding_bag(codes, offsets, weights, operation, mode, compose, per_sample_weights)``: ``torch``
+is the reference, ``triton`` and ``fbgemm`` are tested against it. A :class:`CollectionBackend`
+serves every feature of a :class:`compemb.collection.CompositionalEmbeddingBagCollection`.
+Importing this package imports neither triton nor fbgemm_gpu: a backend's package is imported
+when the backend is first used (:func:`triton_embedding_bag`, :func:`tbe_embedding_bags` and
+:func:`fbgemm_embedding_bag` too), and one that does not import disables only that backend.
+
+Example::
+
+    >>> from compemb.options import BagOptions
+    >>> resolve_backend("torch", BagOptions(operation="add")).name
+    'torch'
+    >>> get_collection_backend("triton").fused_optimizers
+    ('exact_sgd',)
 """
 from __future__ import annotations
 
 import importlib
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type
 
-import torch
+from compemb.kernels._base import (
+    Backend,
+    BackendUnavailableError,
+    CollectionBackend,
+    CollectionBags,
+    EncodedBag,
+    FeatureBags,
+    FeatureSpec,
+    JaggedBags,
+    LookupInput,
+)
+from compemb.kernels._pooled import combine_pooled, exactness_reason, tbe_inputs
+from compemb.kernels._tbe_layout import LaunchPlan, TBELayout, launch_plan, tbe_layout, validate_tbe_input
+from compemb.options import BACKEND_NAMES, BACKENDS, BagOptions
+
+if TYPE_CHECKING:
+    from compemb.kernels._fbgemm import fbgemm_embedding_bag
+    from compemb.kernels._triton import triton_embedding_bag
+    from compemb.kernels._triton_tbe import tbe_embedding_bags
 
 __all__ = [
     "Backend",
     "BackendUnavailableError",
+    "CollectionBackend",
+    "CollectionBags",
+    "EncodedBag",
+    "FeatureBags",
+    "FeatureSpec",
+    "JaggedBags",
+    "LookupInput",
     "available_backends",
     "get_backend",
     "resolve_backend",
+    "get_collection_backend",
     "BACKEND_NAMES",
+    "exactness_reason",
+    "tbe_inputs",
+    "combine_pooled",
+    "TBELayout",
+    "tbe_layout",
+    "LaunchPlan",
+    "launch_plan",
+    "validate_tbe_input",
+    "triton_embedding_bag",
+    "tbe_embedding_bags",
+    "fbgemm_embedding_bag",
+    "triton_interpreted",
 ]
 
-
-class BackendUnavailableError(RuntimeError):
-    """Raised when a backend asked for by name cannot serve a configuration."""
-
-
-class Backend:
-    """A way to compute compositional embedding bags.
-
-    Subclasses set ``name`` and ``priority`` (higher is preferred by ``"auto"``) and implement
-    :meth:`unsupported_reason` and :meth:`embedding_bag`.
-    """
-
-    name: str = "abstract"
-    priority: int = 0
-
-    def unsupported_reason(
-        self,
-        *,
-        operation: str,
-        mode: str,
-        compose: str,
-        k: int,
-        dtype: torch.dtype,
-        device: torch.device,
-        per_sample_weights: bool = False,
-        sparse: bool = False,
-        max_norm: Optional[float] = None,
-        requires_grad: bool = True,
-    ) -> Optional[str]:
-        """``None`` when this backend computes the configuration exactly, else why not."""
-        raise NotImplementedError
-
-    def embedding_bag(
-        self,
-        codes: torch.Tensor,
-        offsets: torch.Tensor,
-        weights: Sequence[torch.Tensor],
-        operation: str,
-        mode: str,
-        compose: str,
-        per_sample_weights: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"<compemb backend {self.name!r}>"
-
-
-# name -> module holding ``BACKEND``; imported lazily so a missing optional package only
-# disables its own backend.
-_REGISTRY = {
+# name -> module holding ``BACKEND``
+_REGISTRY: Dict[str, str] = {
     "torch": "compemb.kernels._torch",
     "triton": "compemb.kernels._triton",
     "fbgemm": "compemb.kernels._fbgemm",
 }
-BACKEND_NAMES = tuple(_REGISTRY) + ("auto",)
-_LOADED: dict = {}
-_IMPORT_ERRORS: dict = {}
+# name -> (module, class); these modules import neither triton nor fbgemm_gpu
+_COLLECTIONS: Dict[str, Tuple[str, str]] = {
+    "torch": ("compemb.kernels._collection_torch", "TorchCollection"),
+    "fbgemm": ("compemb.kernels._collection_fbgemm", "FbgemmCollection"),
+    "triton": ("compemb.kernels._collection_triton", "TritonCollection"),
+}
+# public functions of the optional backends, imported on first access
+_LAZY: Dict[str, str] = {
+    "triton_embedding_bag": "compemb.kernels._triton",
+    "tbe_embedding_bags": "compemb.kernels._triton_tbe",
+    "fbgemm_embedding_bag": "compemb.kernels._fbgemm",
+}
+_LOADED: Dict[str, Optional[Backend]] = {}
+_IMPORT_ERRORS: Dict[str, str] = {}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _load(name: str) -> Optional[Backend]:
     if name in _LOADED:
         return _LOADED[name]
     try:
-        module = importlib.import_module(_REGISTRY[name])
-        backend = module.BACKEND
+        backend = importlib.import_module(_REGISTRY[name]).BACKEND
     except Exception as exc:  # an optional dependency is missing or broken
         _IMPORT_ERRORS[name] = f"{type(exc).__name__}: {exc}"
         backend = None
@@ -94,7 +111,12 @@ def _load(name: str) -> Optional[Backend]:
 
 
 def get_backend(name: str) -> Backend:
-    """The backend called ``name`` (one of ``torch``, ``triton``, ``fbgemm``)."""
+    """The backend called ``name`` (one of ``torch``, ``triton``, ``fbgemm``).
+
+    Raises:
+        ValueError: an unknown name.
+        BackendUnavailableError: the backend's package does not import here (with the reason).
+    """
     if name not in _REGISTRY:
         raise ValueError(f"unknown backend {name!r}; expected one of {BACKEND_NAMES}")
     backend = _load(name)
@@ -105,28 +127,59 @@ def get_backend(name: str) -> Backend:
     return backend
 
 
-def available_backends() -> list:
+def available_backends() -> List[str]:
     """Names of the backends whose packages import on this machine."""
     return [name for name in _REGISTRY if _load(name) is not None]
 
 
-def resolve_backend(name: str, **config) -> Backend:
+def resolve_backend(name: str, options: BagOptions) -> Backend:
     """Pick the backend for a configuration.
 
     ``name="auto"`` returns the available backend of highest priority that is exact for
-    ``config`` (the keyword arguments of :meth:`Backend.unsupported_reason`); the torch reference
-    always qualifies. A backend asked for by name that cannot serve ``config`` raises
-    :class:`BackendUnavailableError` naming the reason — never a silent fallback.
+    ``options``; the torch reference always qualifies. A backend asked for by name that cannot
+    serve ``options`` raises :class:`BackendUnavailableError` naming the reason, never a silent
+    fallback.
+
+    Raises:
+        TypeError: ``options`` is not a :class:`~compemb.options.BagOptions`.
     """
+    if not isinstance(options, BagOptions):
+        raise TypeError(f"options must be a compemb.options.BagOptions, got {type(options).__name__}")
     if name == "auto":
         candidates = [b for b in (_load(n) for n in _REGISTRY) if b is not None]
         candidates.sort(key=lambda b: -b.priority)
         for backend in candidates:
-            if backend.unsupported_reason(**config) is None:
+            if backend.unsupported_reason(options) is None:
                 return backend
-        raise BackendUnavailableError(f"no backend serves {config}")  # pragma: no cover
+        raise BackendUnavailableError(f"no backend serves {options}")  # pragma: no cover
     backend = get_backend(name)
-    reason = backend.unsupported_reason(**config)
+    reason = backend.unsupported_reason(options)
     if reason is not None:
         raise BackendUnavailableError(f"backend {name!r} cannot serve this configuration: {reason}")
     return backend
+
+
+def get_collection_backend(name: str) -> Type[CollectionBackend]:
+    """The :class:`CollectionBackend` class called ``name`` (``torch``, ``fbgemm`` or ``triton``).
+
+    Imports neither fbgemm_gpu nor triton: ask the class ``fused_optimizers`` and
+    ``unavailable_reason()`` freely.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if name not in _COLLECTIONS:
+        raise ValueError(f"unknown collection backend {name!r}; expected one of {BACKENDS}")
+    module, cls = _COLLECTIONS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def triton_interpreted() -> bool:
+    """Whether the Triton kernels run under Triton's interpreter (CPU tensors).
+
+    True when ``TRITON_INTERPRET=1`` was set when compemb first imported its kernels (this call
+    imports them, and triton, if that has not happened yet).
+    """
+    from compemb.kernels._triton import INTERPRETED
+
+    return INTERPRETED

@@ -17,49 +17,23 @@ row-wise Adagrad) need FBGEMM to own the weights and are served by
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
-
 from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
 from fbgemm_gpu.split_table_batched_embeddings_ops_training import DenseTableBatchedEmbeddingBagsCodegen
 
-from compemb.kernels import Backend
+from compemb.kernels._base import Backend
+from compemb.kernels._pooled import combine_pooled, exactness_reason, tbe_inputs
+from compemb.options import BagOptions
 
-__all__ = ["BACKEND", "FbgemmBackend", "fbgemm_embedding_bag", "tbe_inputs", "exactness_reason"]
-
-_OPERATIONS = ("mult", "add", "concat")
-
-
-def exactness_reason(operation: str, mode: str, compose: str, k: int) -> Optional[str]:
-    """``None`` when per-table pooling (what TBE does) is exact for the configuration, else why not."""
-    if mode not in ("sum", "mean"):
-        return f"mode={mode!r} (FBGEMM TBE pools with 'sum' or 'mean' only)"
-    if operation not in _OPERATIONS:
-        return f"operation={operation!r}"
-    if compose not in ("before_pool", "after_pool"):
-        return f"compose={compose!r}"
-    if operation == "mult" and compose == "before_pool" and k > 1:
-        return ("operation='mult' with compose='before_pool' (FBGEMM pools each table before "
-                "combining: exact only for one-hot bags; use compose='after_pool')")
-    return None
-
-
-def tbe_inputs(codes: torch.Tensor, offsets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Flatten ``(k, N)`` codes and ``(B + 1,)`` offsets into TBE's table-major indices and offsets.
-
-    Table ``t``'s bags come after those of tables ``0..t-1``: the offsets have ``k * B + 1`` entries.
-    """
-    k, n = codes.shape
-    starts = offsets[:-1].unsqueeze(0) + n * torch.arange(k, device=offsets.device).unsqueeze(1)
-    tail = torch.tensor([k * n], dtype=offsets.dtype, device=offsets.device)
-    return codes.reshape(-1), torch.cat([starts.reshape(-1), tail])
-
+__all__ = ["BACKEND", "FbgemmBackend", "fbgemm_embedding_bag", "tbe_inputs", "exactness_reason", "combine_pooled"]
 
 _CACHE: Dict[tuple, DenseTableBatchedEmbeddingBagsCodegen] = {}
 
 
-def _dense_tbe(shapes: Tuple[Tuple[int, int], ...], pooling: str, device: torch.device):
+def _dense_tbe(shapes: Tuple[Tuple[int, int], ...], pooling: str,
+               device: torch.device) -> DenseTableBatchedEmbeddingBagsCodegen:
     key = (shapes, pooling, str(device))
     tbe = _CACHE.get(key)
     if tbe is None:
@@ -74,7 +48,8 @@ def _dense_tbe(shapes: Tuple[Tuple[int, int], ...], pooling: str, device: torch.
     return tbe
 
 
-def _pooled_one_table(codes_t, offsets, weight, mode, per_sample_weights):
+def _pooled_one_table(codes_t: torch.Tensor, offsets: torch.Tensor, weight: torch.Tensor, mode: str,
+                      per_sample_weights: Optional[torch.Tensor]) -> torch.Tensor:
     """``(B, d)``: one table pooled over every bag by FBGEMM's dense TBE op (no copy of the table)."""
     tbe = _dense_tbe(((int(weight.shape[0]), int(weight.shape[1])),), mode, weight.device)
     vbe = tbe._generate_vbe_metadata(offsets, None)
@@ -101,7 +76,8 @@ def _pooled_one_table(codes_t, offsets, weight, mode, per_sample_weights):
     )
 
 
-def _pooled_per_table(codes, offsets, weights, mode, per_sample_weights):
+def _pooled_per_table(codes: torch.Tensor, offsets: torch.Tensor, weights: Sequence[torch.Tensor], mode: str,
+                      per_sample_weights: Optional[torch.Tensor]) -> torch.Tensor:
     """``(B, sum d_i)``: every table pooled over every bag.
 
     One lookup per table on the caller's own tensors: batching the k tables into one TBE call
@@ -111,17 +87,6 @@ def _pooled_per_table(codes, offsets, weights, mode, per_sample_weights):
     psw = per_sample_weights.float() if per_sample_weights is not None else None
     parts = [_pooled_one_table(codes[t], offsets, w, mode, psw) for t, w in enumerate(weights)]
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-
-
-def combine_pooled(pooled: torch.Tensor, widths: Sequence[int], operation: str) -> torch.Tensor:
-    """Split ``(B, sum d_i)`` into the k pooled tables and combine them with ``operation``."""
-    if operation == "concat" or len(widths) == 1:
-        return pooled
-    parts = torch.split(pooled, list(widths), dim=1)
-    out = parts[0]
-    for p in parts[1:]:
-        out = out * p if operation == "mult" else out + p
-    return out
 
 
 def fbgemm_embedding_bag(
@@ -194,25 +159,33 @@ class FbgemmBackend(Backend):
     name = "fbgemm"
     priority = 10
 
-    def unsupported_reason(self, *, operation, mode, compose, k, dtype, device,
-                           per_sample_weights=False, sparse=False, max_norm=None,
-                           requires_grad=True) -> Optional[str]:
-        device = torch.device(device)
+    def unsupported_reason(self, options: BagOptions) -> Optional[str]:
+        device = options.device
         if device.type not in ("cpu", "cuda"):
             return f"device {device} (fbgemm serves cpu and cuda)"
-        reason = exactness_reason(operation, mode, compose, k)
+        reason = exactness_reason(options.operation, options.mode, options.compose, options.k)
         if reason is not None:
             return reason
-        if dtype != torch.float32:
-            return f"dtype={dtype} (the fbgemm backend serves float32 tables; see compemb.quantization.quantize for int8/int4)"
-        if sparse:
+        if options.dtype != torch.float32:
+            return (f"dtype={options.dtype} (the fbgemm backend serves float32 tables; see "
+                    "compemb.quantization.quantize for int8/int4)")
+        if options.sparse:
             return "sparse=True gradients (fbgemm's fused optimizers live in CompositionalEmbeddingBagCollection)"
-        if max_norm is not None:
-            return f"max_norm={max_norm} (renormalisation is not implemented)"
+        if options.max_norm is not None:
+            return f"max_norm={options.max_norm} (renormalisation is not implemented)"
         return None
 
-    def embedding_bag(self, codes, offsets, weights, operation, mode, compose,
-                      per_sample_weights=None, **extras) -> torch.Tensor:
+    def embedding_bag(
+        self,
+        codes: torch.Tensor,
+        offsets: torch.Tensor,
+        weights: Sequence[torch.Tensor],
+        operation: str,
+        mode: str,
+        compose: str,
+        per_sample_weights: Optional[torch.Tensor] = None,
+        **extras: Any,
+    ) -> torch.Tensor:
         if extras:
             raise ValueError(f"fbgemm backend does not take {sorted(extras)}")
         return fbgemm_embedding_bag(codes, offsets, weights, operation, mode, compose, per_sample_weights)

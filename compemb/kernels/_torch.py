@@ -9,8 +9,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from compemb import functional as _F
+from compemb.functional import reference as _F
 from compemb.kernels import Backend
+from compemb.options import BagOptions
 
 __all__ = ["TorchBackend", "BACKEND"]
 
@@ -21,30 +22,11 @@ class TorchBackend(Backend):
     name = "torch"
     priority = 0
 
-    def unsupported_reason(
-        self,
-        *,
-        operation: str,
-        mode: str,
-        compose: str,
-        k: int,
-        dtype: torch.dtype,
-        device: torch.device,
-        per_sample_weights: bool = False,
-        sparse: bool = False,
-        max_norm: Optional[float] = None,
-        requires_grad: bool = True,
-    ) -> Optional[str]:
-        if operation not in _F.OPERATIONS:
-            return f"unknown operation {operation!r}"
-        if mode not in _F.MODES:
-            return f"unknown mode {mode!r}"
-        if compose not in _F.COMPOSES:
-            return f"unknown compose {compose!r}"
-        if per_sample_weights and mode != "sum":
-            return f"per_sample_weights need mode='sum', got {mode!r}"
-        if not (dtype.is_floating_point):
-            return f"tables must be floating point, got {dtype}"
+    def unsupported_reason(self, options: BagOptions) -> Optional[str]:
+        if options.per_sample_weights and options.mode != "sum":
+            return f"per_sample_weights need mode='sum', got {options.mode!r}"
+        if not options.dtype.is_floating_point:
+            return f"tables must be floating point, got {options.dtype}"
         return None
 
     def embedding_bag(

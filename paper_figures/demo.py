@@ -1,11 +1,10 @@
-"""``compemb demo`` (``make demo``): the main job.
+"""``compemb demo`` (``make demo``): the main job, a small sweep and then every figure.
 
 Fetches MovieLens-100k (real ratings, from the recbole wheel, into the cache), runs the small
-``demo`` grid — the full table, hashing and QR concat / add / mult at 2, 4 and 8 collisions, QR mult
-at thresholds 1, 20, 2000 and path-based composition with hidden sizes 16 and 64, two seeds each,
-one epoch at batch 256 — into the SQLite study ``results/demo.db`` with two local workers, then
-draws all four figures into ``results/figures/`` and prints where they are and how long it took.
-Re-running resumes: completed trials are not trained again.
+``demo`` grid (full table, hashing, QR concat / add / mult at 2, 4 and 8 collisions, QR mult at
+thresholds 1, 20, 2000, path-based composition with hidden sizes 16 and 64; two seeds, one epoch at
+batch 256) into the SQLite study ``results/demo.db`` with two local workers, then draws all four
+figures into ``results/figures/``. Re-running resumes: completed trials are not trained again.
 """
 from __future__ import annotations
 
@@ -13,16 +12,17 @@ import argparse
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 __all__ = ["main", "DEMO_OVERRIDES"]
 
 #: training settings of the demo's trials (one epoch of MovieLens-100k's 80,000 training ratings)
-DEMO_OVERRIDES = {"dataset": "movielens-100k", "batch_size": 256, "epochs": 1}
+DEMO_OVERRIDES: Dict[str, Any] = {"dataset": "movielens-100k", "batch_size": 256, "epochs": 1}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="compemb demo", description=__doc__.splitlines()[0])
+    """``compemb demo [--workers N] [--seeds 0,1] [--set KEY=VALUE ...]``; 0 when every trial and figure is done."""
+    p = argparse.ArgumentParser(prog="compemb demo", description=(__doc__ or "").splitlines()[0])
     p.add_argument("--results-dir", default="results")
     p.add_argument("--study", default="demo")
     p.add_argument("--storage", default=None, help="default: sqlite <results-dir>/<study>.db")
@@ -34,8 +34,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
 
     from paper_figures.cli import make_all
-    from sweeps.cli import _seeds, parse_set
+    from sweeps.cli import parse_set
     from sweeps.runner import DEFAULT_OBJECTIVE, default_storage_url, load_study, run_sweep
+    from sweeps.space import parse_seeds
 
     start = time.perf_counter()
     overrides = dict(DEMO_OVERRIDES)
@@ -50,7 +51,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"sweep 'demo' -> {storage} with {args.workers} worker(s) ...", flush=True)
     try:
         rep = run_sweep("demo", storage=storage, study_name=args.study, objective=args.objective or DEFAULT_OBJECTIVE,
-                        workers=args.workers, overrides=overrides, seeds=_seeds(args.seeds),
+                        workers=args.workers, overrides=overrides, seeds=parse_seeds(args.seeds),
                         results_dir=args.results_dir)
     except ValueError as exc:  # e.g. resuming the study with other --set / --seeds
         print(f"compemb demo: error: {exc}", file=sys.stderr)

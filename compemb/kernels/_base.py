@@ -1,0 +1,236 @@
+"""The small abstract classes every kernel backend implements.
+
+:class:`Backend` computes one compositional embedding bag from partition codes (the kernel
+contract of ``docs/architecture.md``). :class:`CollectionBackend` is the table-batched strategy
+behind :class:`compemb.collection.CompositionalEmbeddingBagCollection`: it says what it serves,
+registers the tables of many features on the collection module and looks them all up at once.
+"""
+from __future__ import annotations
+
+import abc
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
+
+import torch
+from torch import nn
+
+from compemb.options import BagOptions
+
+if TYPE_CHECKING:
+    from compemb.partitions import PartitionFamily
+
+_T = TypeVar("_T")
+
+__all__ = [
+    "Backend",
+    "BackendUnavailableError",
+    "CollectionBackend",
+    "FeatureSpec",
+    "FeatureBags",
+    "JaggedBags",
+    "CollectionBags",
+    "EncodedBag",
+    "LookupInput",
+    "import_reason",
+]
+
+
+class BackendUnavailableError(RuntimeError):
+    """Raised when a backend asked for by name cannot serve a configuration."""
+
+
+def import_reason(module: str) -> Optional[str]:
+    """``None`` when ``module`` imports here, else why not (for :meth:`CollectionBackend.unavailable_reason`)."""
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # ImportError, or a library failing to load
+        return f"{module.split('.')[0]} does not import here ({type(exc).__name__}: {exc})"
+    return None
+
+
+class Backend(abc.ABC):
+    """A way to compute compositional embedding bags from codes.
+
+    Subclasses set ``name`` and ``priority`` (higher is preferred by ``"auto"``) and implement
+    :meth:`unsupported_reason` and :meth:`embedding_bag`.
+    """
+
+    name: ClassVar[str] = "abstract"
+    priority: ClassVar[int] = 0
+
+    @abc.abstractmethod
+    def unsupported_reason(self, options: BagOptions) -> Optional[str]:
+        """``None`` when this backend computes ``options`` exactly, else why not."""
+
+    @abc.abstractmethod
+    def embedding_bag(
+        self,
+        codes: torch.Tensor,
+        offsets: torch.Tensor,
+        weights: Sequence[torch.Tensor],
+        operation: str,
+        mode: str,
+        compose: str,
+        per_sample_weights: Optional[torch.Tensor] = None,
+        *,
+        sparse: bool = False,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+    ) -> torch.Tensor:
+        """The kernel contract: ``(k, N)`` codes, ``(B + 1,)`` offsets, ``k`` tables -> ``(B, d)``.
+
+        The keyword-only arguments (:func:`compemb.functional.kernel_extras`) are passed, with
+        values other than their defaults, only to a backend whose :meth:`unsupported_reason`
+        accepted them.
+        """
+
+    def __repr__(self) -> str:
+        return f"<compemb backend {self.name!r}>"
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One feature of a collection, resolved: its family and the component table widths."""
+
+    name: str
+    num_embeddings: int
+    embedding_dim: int
+    family: PartitionFamily
+    operation: str
+    mode: str
+    compose: str
+    widths: Tuple[int, ...]
+
+    @property
+    def k(self) -> int:
+        """The number of component tables."""
+        return self.family.k
+
+
+class FeatureBags(NamedTuple):
+    """One feature's bags as the caller gave them (the ``nn.EmbeddingBag`` input forms)."""
+
+    indices: torch.Tensor
+    offsets: Optional[torch.Tensor]
+    include_last_offset: bool
+
+
+class JaggedBags(NamedTuple):
+    """All features' bags in the KeyedJaggedTensor layout, features in the collection's order.
+
+    ``values`` holds the indices of all features concatenated feature-major; bag ``b`` of feature
+    ``f`` is ``values[offsets[f*B + b] : offsets[f*B + b + 1]]`` (``F * B + 1`` offsets).
+    """
+
+    values: torch.Tensor
+    offsets: torch.Tensor
+
+    def split(self, num_features: int) -> List[FeatureBags]:
+        """One :class:`FeatureBags` per feature, each with its own ``B + 1`` offsets from 0."""
+        B = (self.offsets.numel() - 1) // max(num_features, 1)
+        out = []
+        for f in range(num_features):
+            off = self.offsets[f * B: (f + 1) * B + 1]
+            out.append(FeatureBags(self.values[off[0]: off[-1]], off - off[0], True))
+        return out
+
+
+#: the raw input of a collection backend: per-feature bags, or all features already jagged
+CollectionBags = Union[JaggedBags, List[FeatureBags]]
+
+
+class EncodedBag(NamedTuple):
+    """One feature's bags validated and encoded by the collection (as the modules do).
+
+    ``codes`` is ``(k, N)``, ``offsets`` ``(B + 1,)``; ``bag_len`` as
+    :attr:`compemb.functional.BagInput.bag_len`.
+    """
+
+    codes: torch.Tensor
+    offsets: torch.Tensor
+    bag_len: Optional[int]
+
+
+#: what :meth:`CollectionBackend.lookup` gets (see :attr:`CollectionBackend.raw_input`)
+LookupInput = Union[List[EncodedBag], CollectionBags]
+
+
+class CollectionBackend(abc.ABC):
+    """A table-batched way to serve every feature of a collection.
+
+    The collection validates its arguments and the feature specs, then asks the class
+    (:meth:`unavailable_reason`, :meth:`unsupported_reason`) and builds one instance. The
+    instance registers the tables on the collection module (:meth:`build`, so that the module's
+    ``state_dict`` and ``.to()`` see them) and serves lookups from there (:meth:`lookup`).
+
+    Class attributes:
+        name: the ``backend=`` string.
+        fused_optimizers: the optimizers applied inside the backward pass.
+        sparse_gradients: whether ``sparse=True`` (sparse table gradients) is served.
+        raw_input: ``False``: :meth:`lookup` gets every feature validated and encoded by the
+            collection (a list of :class:`EncodedBag`). ``True``: it gets the bags as given
+            (:data:`CollectionBags`), checks them itself when ``validate`` is true and trusts
+            them otherwise.
+    """
+
+    name: ClassVar[str] = "abstract"
+    fused_optimizers: ClassVar[Tuple[str, ...]] = ()
+    sparse_gradients: ClassVar[bool] = False
+    raw_input: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        specs: Sequence[FeatureSpec],
+        optimizer: Optional[str] = None,
+        learning_rate: float = 0.01,
+        eps: float = 1e-8,
+        sparse: bool = False,
+    ) -> None:
+        self.specs = list(specs)
+        self.optimizer = optimizer
+        self.learning_rate = float(learning_rate)
+        self.eps = float(eps)
+        self.sparse = bool(sparse)
+
+    @classmethod
+    def unavailable_reason(cls) -> Optional[str]:
+        """``None`` when the packages this backend needs import here, else why not."""
+        return None
+
+    @classmethod
+    @abc.abstractmethod
+    def unsupported_reason(
+        cls, specs: Sequence[FeatureSpec], optimizer: Optional[str], device: torch.device
+    ) -> Optional[str]:
+        """``None`` when this backend serves ``specs`` with ``optimizer`` on ``device``, else the
+        error message (naming the feature where one is at fault)."""
+
+    @abc.abstractmethod
+    def build(self, module: nn.Module, tables: Sequence[torch.Tensor], device: torch.device) -> None:
+        """Register the tables on ``module``, initialised from ``tables`` (feature-major order)."""
+
+    @abc.abstractmethod
+    def tables(self, module: nn.Module) -> List[torch.Tensor]:
+        """Every component table of ``module`` (feature-major order), as live ``(rows, width)`` views."""
+
+    def per_feature(self, items: Sequence[_T]) -> List[List[_T]]:
+        """Split a feature-major list with one item per component table into one list per feature."""
+        out: List[List[_T]] = []
+        start = 0
+        for spec in self.specs:
+            out.append(list(items[start: start + spec.k]))
+            start += spec.k
+        return out
+
+    def optimizer_states(self, module: nn.Module) -> List[torch.Tensor]:
+        """The fused optimizer's per-row state, one tensor per component table."""
+        raise ValueError(f"optimizer={self.optimizer!r} keeps no row-wise state")
+
+    @abc.abstractmethod
+    def lookup(
+        self, module: nn.Module, bags: LookupInput, concat: bool, validate: bool
+    ) -> Union[torch.Tensor, List[torch.Tensor]]:
+        """Every feature's pooled ``(B, embedding_dim)`` output, as a list in feature order or,
+        with ``concat``, as one ``(B, sum embedding_dim)`` tensor (``bags``: see ``raw_input``)."""

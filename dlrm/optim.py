@@ -1,0 +1,138 @@
+"""The optimizers of a DLRM training run, by name.
+
+``sgd``, ``adagrad``, ``adam`` and ``amsgrad`` are torch's (``adam`` with sparse table gradients
+uses :class:`torch.optim.SparseAdam` for those tables). ``rowwise_adagrad_fbgemm`` and
+``sgd_triton_fused`` are fused: a table-batched collection updates the tables inside the backward
+pass, and torch's Adagrad / SGD with the same learning rate trains the MLPs. Which collection
+backend fuses which optimizer is asked of :func:`compemb.kernels.get_collection_backend`.
+
+Example::
+
+    >>> fused_optimizer_for("sgd_triton_fused")
+    ('triton', 'exact_sgd')
+    >>> fused_optimizer_for("adam") is None
+    True
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+if TYPE_CHECKING:
+    from dlrm.model import DLRM
+    from dlrm.train import TrainConfig
+
+__all__ = [
+    "OPTIMIZERS",
+    "FUSED_OPTIMIZER_BACKENDS",
+    "Optimizers",
+    "fused_optimizer_for",
+    "fused_optimizer_unavailable",
+    "fbgemm_rowwise_adagrad_available",
+    "build_optimizer",
+]
+
+#: the DLRM optimizer names that a collection fuses -> (collection backend, its fused optimizer)
+FUSED_OPTIMIZER_BACKENDS: Dict[str, Tuple[str, str]] = {
+    "rowwise_adagrad_fbgemm": ("fbgemm", "exact_rowwise_adagrad"),
+    "sgd_triton_fused": ("triton", "exact_sgd"),
+}
+OPTIMIZERS: Tuple[str, ...] = ("sgd", "adagrad", "adam", "amsgrad", *FUSED_OPTIMIZER_BACKENDS)
+
+
+def fused_optimizer_for(name: str) -> Optional[Tuple[str, str]]:
+    """``(collection backend, fused optimizer)`` for a fused DLRM optimizer name, else ``None``.
+
+    Raises:
+        ValueError: the backend does not fuse that optimizer (the table and the backend disagree).
+    """
+    if name not in FUSED_OPTIMIZER_BACKENDS:
+        return None
+    from compemb.kernels import get_collection_backend
+
+    backend, fused = FUSED_OPTIMIZER_BACKENDS[name]
+    offered = get_collection_backend(backend).fused_optimizers
+    if fused not in offered:
+        raise ValueError(f"optimizer {name!r} needs {fused!r} from the {backend!r} collection, which fuses {offered}")
+    return backend, fused
+
+
+def fused_optimizer_unavailable(name: str) -> Optional[str]:
+    """``None`` if the fused optimizer ``name`` can run here, else the reason it cannot (the
+    collection backend is asked; dlrm never imports its packages itself)."""
+    try:
+        from compemb.kernels import get_collection_backend
+    except Exception as exc:  # ImportError, or a backend failing to load
+        return f"compemb.kernels cannot be imported ({type(exc).__name__}: {exc})"
+    backend, _ = FUSED_OPTIMIZER_BACKENDS[name]
+    return get_collection_backend(backend).unavailable_reason()
+
+
+def fbgemm_rowwise_adagrad_available() -> Optional[str]:
+    """``None`` if FBGEMM's fused row-wise Adagrad can be used, else the reason it cannot."""
+    return fused_optimizer_unavailable("rowwise_adagrad_fbgemm")
+
+
+class Optimizers:
+    """Several optimizers stepped as one (e.g. SparseAdam for tables + Adam for the MLPs)."""
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        self.optimizers = list(optimizers)
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def state_dict(self) -> List[Dict[str, Any]]:
+        return [opt.state_dict() for opt in self.optimizers]
+
+    def load_state_dict(self, states: Sequence[Dict[str, Any]]) -> None:
+        if len(states) != len(self.optimizers):
+            raise ValueError(f"checkpoint holds {len(states)} optimizer states, expected {len(self.optimizers)}")
+        for opt, state in zip(self.optimizers, states):
+            opt.load_state_dict(state)
+
+
+def _check_fused_model(name: str, model: DLRM) -> None:
+    """The model's collection must be the one that fuses optimizer ``name``."""
+    backend, fused = FUSED_OPTIMIZER_BACKENDS[name]
+    coll = model.collection
+    if coll is None or coll.backend != backend or coll.optimizer != fused:
+        raise ValueError(f"optimizer {name!r} needs a model built with collection_backend={backend!r} "
+                         f"and fused_optimizer={fused!r} (build_model does this)")
+
+
+def build_optimizer(config: TrainConfig, model: DLRM) -> Optimizers:
+    """The optimizer(s) for ``model`` as ``config`` (its ``optimizer`` and ``learning_rate``) asks."""
+    lr = float(config.learning_rate)
+    name = config.optimizer
+    params = list(model.parameters())
+    if name in FUSED_OPTIMIZER_BACKENDS:
+        _check_fused_model(name, model)
+        # the tables are updated inside the collection's backward; the MLPs use torch's optimizer
+        mlp_optimizer = torch.optim.SGD if name == "sgd_triton_fused" else torch.optim.Adagrad
+        return Optimizers([mlp_optimizer(params, lr=lr)])
+    sparse_ids = {id(p) for p in model.sparse_parameters()}
+    sparse = [p for p in params if id(p) in sparse_ids]
+    dense = [p for p in params if id(p) not in sparse_ids]
+    if name == "sgd":
+        return Optimizers([torch.optim.SGD(params, lr=lr)])
+    if name == "adagrad":
+        return Optimizers([torch.optim.Adagrad(params, lr=lr, foreach=False)])
+    if name == "adam":
+        opts: List[torch.optim.Optimizer] = []
+        if sparse:
+            opts.append(torch.optim.SparseAdam(sparse, lr=lr))
+        if dense:
+            opts.append(torch.optim.Adam(dense, lr=lr))
+        return Optimizers(opts)
+    if name == "amsgrad":
+        if sparse:
+            raise ValueError("optimizer 'amsgrad' cannot take sparse gradients; build with sparse=False")
+        return Optimizers([torch.optim.Adam(params, lr=lr, amsgrad=True)])
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
