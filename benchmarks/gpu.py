@@ -1,18 +1,24 @@
 """GPU benchmark: fused Triton compositional embedding bags vs torch, at Criteo Kaggle scale.
 
-Run on one CUDA GPU from the repository root (about 1.5 minutes; ``--full`` for the whole grid)::
+Run on one CUDA GPU from the repository root (about 2 minutes, under 5 with table building;
+``--full`` for the whole grid)::
 
     PYTHONPATH=. python3 benchmarks/gpu.py            # writes $OUT/gpu_bench.txt too, if $OUT is set
     PYTHONPATH=. python3 benchmarks/gpu.py --dry-run-cpu   # tiny sizes under TRITON_INTERPRET=1
 
 Three steps: (1) correctness of the per-table and the table-batched Triton kernels against the
-torch reference (forward, gradients, the fused exact-SGD step); (2) median times of forward and
-forward+backward over the 26 Criteo Kaggle tables: full tables, the reference DLRM QR module,
-compemb QR on torch, per-table Triton, the table-batched Triton kernel (dense gradients and fused
-SGD, each also without the backward's pre-reduction of small tables: an A/B in one run) and
-FBGEMM when it imports; (3) a report: ratios against the full tables and the DLRM QR module,
-bandwidth against the copy bandwidth, the goals and the pre-reduction A/B. Only public names of
-compemb are used. ``docs/architecture.md`` lists every row; results go to ``BENCHMARKS.md``.
+torch reference (forward, gradients, the fused exact-SGD step), the table-batched kernel's int64
+index path (a feature of more than 2**31 categories) and, on CUDA, the collection's "one device
+sync" claim (``validate=False`` runs under ``torch.cuda.set_sync_debug_mode("error")``,
+``validate=True`` adds one sync); ``tests/test_gpu.py`` runs the same checks at small sizes;
+(2) median times of forward and forward+backward over the 26 Criteo Kaggle tables: full tables,
+the reference DLRM QR module, compemb QR on torch, per-table Triton, the table-batched Triton
+kernel over the QR and over the full tables (dense gradients and fused SGD, each also without the
+backward's pre-reduction of small tables: old against new in one run); (3) a report: ratios
+against the full tables and the DLRM QR module, bandwidth against the copy bandwidth, the goals,
+the pre-reduction A/B and the summary of QR against full tables per (d, hot). FBGEMM is left
+out: its CUDA build cannot be installed on the GPU machine. Only public names of compemb are
+used. ``docs/architecture.md`` lists every row; results go to ``BENCHMARKS.md``.
 """
 from __future__ import annotations
 
@@ -39,17 +45,17 @@ from gpu_workloads import (  # noqa: E402
     TBE,
     Workload,
     fwd_bwd,
-    make_collections,
+    int64_index_check,
     make_full,
     make_qr,
     qr_codes,
     rel_err,
-    run_collection,
     run_compemb_torch,
     run_compemb_triton,
     run_dlrm_qr,
     run_full,
     sgd_step_full,
+    sync_check,
 )
 
 TRITON_ERROR = kernels.get_collection_backend("triton").unavailable_reason()
@@ -61,9 +67,8 @@ def say(msg=""):
     LINES.append(msg)
 
 
-def fbgemm_status():
-    reason = kernels.get_collection_backend("fbgemm").unavailable_reason()
-    return None if reason is None else reason[:160]
+#: why there are no FBGEMM rows
+FBGEMM_OUT = "FBGEMM's CUDA build (fbgemm-gpu) cannot be installed on the GPU machine: its rows are left out"
 
 
 # -- timing -------------------------------------------------------------------------------------
@@ -191,10 +196,9 @@ METHODS = [
     ("QR triton TBE + SGD", 2),
     ("QR TBE + SGD (no pre-reduce)", 2),
     ("QR TBE validate=True", 2),
+    ("full triton TBE", 1),
     ("full triton TBE + SGD", 1),
     ("full TBE + SGD (no pre-reduce)", 1),
-    ("FBGEMM TBE full", 1),
-    ("compemb QR fbgemm", 2),
 ]
 #: the pre-reduction A/B: (pre-reduced label, per-index-atomics label)
 AB_PAIRS = [("compemb QR triton", "compemb QR triton, no pre-reduce"),
@@ -226,7 +230,6 @@ class Timings:
 
     results: Dict[Tuple[int, int, int, str], Tuple[float, float, float]] = field(default_factory=dict)
     skipped: List[str] = field(default_factory=list)
-    fbgemm: Optional[str] = None  # why the FBGEMM rows are skipped
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -235,13 +238,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--full", action="store_true", help="the whole grid: batch 2048 too")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="start no new configuration (nor the block sweep) after this many seconds "
-                             "(default 60 on the GPU; none for --dry-run-cpu, which must run every row)")
+                             "(default 150 on the GPU; none for --dry-run-cpu, which must run every row)")
     return parser.parse_args(argv)
 
 
 def make_setup(args: argparse.Namespace) -> Optional[Setup]:
     """The grid for ``args``; ``None`` when a GPU run finds no CUDA device."""
-    budget = args.budget_s if args.budget_s is not None else float("inf") if args.dry_run_cpu else 60.0
+    budget = args.budget_s if args.budget_s is not None else float("inf") if args.dry_run_cpu else 150.0
     if args.dry_run_cpu:
         sizes = [min(n, 500) for n in CRITEO[:6]]
         return Setup(torch.device("cpu"), sizes, [(4, 8, 1), (4, 8, 3), (8, 8, 3)],
@@ -258,10 +261,31 @@ def make_setup(args: argparse.Namespace) -> Optional[Setup]:
                  check_tbe=dict(sizes=CRITEO, d=16, B=2048), sweep=(64, 16384, 20), budget_s=budget)
 
 
+def check_int64_and_syncs(device, gen: torch.Generator) -> bool:
+    """The int64 index path of the table-batched kernel, and (CUDA) the device syncs of a lookup."""
+    say("## correctness: int64 index path, device syncs")
+    fwd_err, bwd_err, idx32 = int64_index_check(device, gen=gen)
+    ok = fwd_err < 1e-5 and bwd_err < 1e-4 and not idx32
+    say(f"  n = 3,000,000,017 (indices above 2**31): layout.idx32={idx32}, forward max rel err {fwd_err:.2e}, "
+        f"gradient {bwd_err:.2e}  {'PASS' if ok else 'FAIL'}")
+    if device.type != "cuda":
+        say("  device syncs: not checked on CPU")
+        return ok
+    try:
+        with_check, without = sync_check(device, gen=gen)
+        sync_ok = with_check == 1 and without == 0
+        detail = f"validate=True: {with_check} sync(s), validate=False: {without} (and none under 'error' mode)"
+    except RuntimeError as exc:  # set_sync_debug_mode("error") raised: validate=False synced
+        sync_ok, detail = False, f"validate=False synchronised: {str(exc)[:120]}"
+    say(f"  triton collection forward + fused-SGD backward: {detail}  {'PASS' if sync_ok else 'FAIL'}")
+    return ok and sync_ok
+
+
 def check_all(setup: Setup, gen: torch.Generator) -> bool:
-    """Step 1: both Triton paths against the torch reference."""
+    """Step 1: both Triton paths against the torch reference, the int64 path and the syncs."""
     ok = check_per_table(setup.device, gen=gen, **setup.check)
     ok &= check_tbe(setup.device, gen=gen, **setup.check_tbe)
+    ok &= check_int64_and_syncs(setup.device, gen)
     say(f"correctness: {'PASS' if ok else 'FAIL'}  ({time.time() - setup.t_start:.0f} s)")
     return ok
 
@@ -273,21 +297,20 @@ def build_state(setup: Setup, d: int, timings: Timings) -> dict:
         torch.cuda.empty_cache()
     full = make_full(sizes, d, device)
     qr = make_qr(sizes, d, device)
+    tbe_full = TBE(sizes, d, device, full=True)
+    # the dense-gradient twin of the full-table TBE (its fused-SGD weight is trained in place)
+    tbe_full_dense = TBE(sizes, d, device, full=True)
+    tbe_full_dense.weight.requires_grad_(True)
     state = dict(d=d, full=full, qr=qr, qr_params=[p for pair in qr for p in pair],
                  opt=torch.optim.SGD(full, lr=1e-3), tbe=TBE(sizes, d, device, qr=qr),
-                 tbe_full=TBE(sizes, d, device, full=True), colls=None)
-    if timings.fbgemm is None:
-        try:
-            state["colls"] = make_collections(sizes, d, device)
-        except Exception as exc:  # pragma: no cover - reported in the table
-            timings.fbgemm = f"FBGEMM collection failed to build: {type(exc).__name__}: {str(exc)[:100]}"
+                 tbe_full=tbe_full, tbe_full_dense=tbe_full_dense)
     return state
 
 
 def runners(state: dict, w: Workload, kjt: tuple) -> dict:
     """label -> (forward, forward+backward or None (default) or "skip", tensors whose .grad to reset)."""
     full, qr, qr_params = state["full"], state["qr"], state["qr_params"]
-    tbe, tbe_full, colls = state["tbe"], state["tbe_full"], state["colls"]
+    tbe, tbe_full, tbe_full_dense = state["tbe"], state["tbe_full"], state["tbe_full_dense"]
     out = {
         "full nn.EmbeddingBag": (lambda: run_full(w, full), None, full),
         "full EmbeddingBag + SGD": (lambda: run_full(w, full), lambda: sgd_step_full(w, full, state["opt"]), full),
@@ -304,14 +327,12 @@ def runners(state: dict, w: Workload, kjt: tuple) -> dict:
         "QR TBE + SGD (no pre-reduce)": (lambda: tbe.forward_sgd(kjt),
                                          lambda: fwd_bwd(lambda: tbe.forward_sgd(kjt, **NO_PRE_REDUCE)), None),
         "QR TBE validate=True": (lambda: tbe.forward(kjt, validate=True), "skip", None),
+        "full triton TBE": (lambda: tbe_full_dense.forward(kjt), None, [tbe_full_dense.weight]),
         "full triton TBE + SGD": (lambda: tbe_full.forward_sgd(kjt), None, None),
         # the full tables of 3, 4, 10 and 15 rows are pre-reduced too (SMALL_ROWS = 16)
         "full TBE + SGD (no pre-reduce)": (lambda: tbe_full.forward_sgd(kjt),
                                            lambda: fwd_bwd(lambda: tbe_full.forward_sgd(kjt, **NO_PRE_REDUCE)), None),
     }
-    if colls is not None:  # fused exact SGD: forward+backward includes the update
-        out["FBGEMM TBE full"] = (lambda: run_collection(w, colls[0]), None, None)
-        out["compemb QR fbgemm"] = (lambda: run_collection(w, colls[1]), None, None)
     return out
 
 
@@ -335,13 +356,13 @@ def time_config(state: dict, w: Workload, kjt: tuple) -> dict:
     return rows
 
 
-def print_rows(d: int, B: int, L: int, rows: dict, bw: float, fbgemm: Optional[str]) -> None:
+def print_rows(d: int, B: int, L: int, rows: dict, bw: float) -> None:
     base_f, base_fb = rows["full nn.EmbeddingBag"][0], rows["full nn.EmbeddingBag"][1]
     dlrm_f = rows["DLRM QR (2 pooled bags)"][0]
     for label, _ in METHODS:
         r = rows[label]
         if r is None:
-            say(f"| {d:>3} | {B:>6} | {L:>3} | {label:<32} | skipped: {fbgemm}")
+            say(f"| {d:>3} | {B:>6} | {L:>3} | {label:<32} | not run")
         elif isinstance(r, str):
             say(f"| {d:>3} | {B:>6} | {L:>3} | {label:<32} | {r}")
         else:
@@ -370,7 +391,7 @@ def time_all(setup: Setup, gen: torch.Generator, bw: float, timings: Timings) ->
         for label, r in rows.items():
             if isinstance(r, tuple):
                 timings.results[(d, B, L, label)] = r
-        print_rows(d, B, L, rows, bw, timings.fbgemm)
+        print_rows(d, B, L, rows, bw)
         del w
     state.clear()
     if setup.device.type == "cuda":
@@ -406,7 +427,6 @@ def report_goals(setup: Setup, timings: Timings, bw: float) -> None:
         if label not in ("compemb QR triton", "QR triton TBE"):
             continue
         dl = results.get((d, B, L, "DLRM QR (2 pooled bags)"))
-        tbe_fb = results.get((d, B, L, "FBGEMM TBE full"))
         full_sgd = results.get((d, B, L, "full EmbeddingBag + SGD"))
         tri_full = results.get((d, B, L, "full triton TBE + SGD"))
         mine = results.get((d, B, L, "QR triton TBE + SGD")) if label == "QR triton TBE" else None
@@ -418,10 +438,6 @@ def report_goals(setup: Setup, timings: Timings, bw: float) -> None:
         if B == max(c[1] for c in setup.configs):
             parts.append(f"fwd at {100 * gbs / bw:.0f}% of copy bandwidth (goal >= 60%): "
                          f"{'met' if gbs >= 0.6 * bw else 'NOT met'}")
-        if tbe_fb:
-            parts.append(f"training step {tbe_fb[1] / step:.2f}x FBGEMM TBE over full tables (goal >= 1)")
-        else:
-            parts.append("vs FBGEMM TBE full: not measured (" + (timings.fbgemm or "no rows") + ")")
         if tri_full:
             parts.append(f"training step {tri_full[1] / step:.2f}x the triton TBE over full tables (fused SGD)")
         if full_sgd:
@@ -442,12 +458,36 @@ def report_pre_reduce_ab(setup: Setup, timings: Timings) -> None:
             say(f"  d={d} B={B} {L}-hot: " + "; ".join(parts))
 
 
+#: the summary of issue 12: (label, QR row, full-table row); fwd+bwd ms of each, ratio full / QR
+QR_VS_FULL = [
+    ("fwd+bwd, dense gradients", "QR triton TBE", "full triton TBE"),
+    ("fwd+bwd, dense gradients, old backward", "QR triton TBE (no pre-reduce)", "full triton TBE"),
+    ("fwd+bwd + fused exact SGD", "QR triton TBE + SGD", "full triton TBE + SGD"),
+    ("fwd+bwd + fused exact SGD, old backward", "QR TBE + SGD (no pre-reduce)", "full TBE + SGD (no pre-reduce)"),
+]
+
+
+def report_qr_vs_full(setup: Setup, timings: Timings) -> None:
+    """The table of issue 12: the QR training step against the full tables' (goal >= 1)."""
+    say("## QR against full tables, table-batched Triton (full ms / QR ms; goal >= 1.00 at d = 16 and 64, "
+        "one-hot and 20-hot, batch 16384)")
+    say(f"| {'d':>3} | {'batch':>6} | {'hot':>3} | {'step':<40} | {'QR ms':>8} | {'full ms':>8} | {'ratio':>6} |")
+    say(f"|-----|--------|-----|{'-' * 42}|----------|----------|--------|")
+    for d, B, L in setup.configs:
+        for label, qr_label, full_label in QR_VS_FULL:
+            q, f = timings.results.get((d, B, L, qr_label)), timings.results.get((d, B, L, full_label))
+            if q and f:
+                say(f"| {d:>3} | {B:>6} | {L:>3} | {label:<40} | {q[1]:8.3f} | {f[1]:8.3f} | {f[1] / q[1]:6.2f} |")
+
+
 def report(setup: Setup, timings: Timings, bw: float) -> None:
-    """Step 3: the goals, the pre-reduction A/B and how to read the table; writes ``$OUT``."""
+    """Step 3: the goals, the pre-reduction A/B, QR against full, how to read the table; writes ``$OUT``."""
     say("")
     report_goals(setup, timings, bw)
     say("")
     report_pre_reduce_ab(setup, timings)
+    say("")
+    report_qr_vs_full(setup, timings)
     say("")
     say("ratios are speed-ups (baseline ms / method ms): > 1 means faster than the baseline.")
     say("useful traffic = rows read (k rows per index) + output written; full tables: 1 row per index.")
@@ -478,7 +518,8 @@ def main(argv=None) -> int:
     if TRITON_ERROR:
         say(f"triton backend unavailable: {TRITON_ERROR}")
         return 1
-    timings = Timings(fbgemm=fbgemm_status())
+    say(FBGEMM_OUT)
+    timings = Timings()
     ok = check_all(setup, gen)
     bw = copy_bandwidth_gbs(setup.device)
     say(f"device-to-device copy bandwidth: {bw:.0f} GB/s (read + write)")

@@ -1,11 +1,16 @@
 """The workloads of ``benchmarks/gpu.py``: Criteo-sized tables, their lookups and the TBE helpers.
 
 Every lookup the benchmark times is a function here (full tables, the reference DLRM QR module,
-compemb QR on torch, per-table Triton, the table-batched Triton kernel, the FBGEMM collection), so
-the correctness checks and the timings run the same code. Only public names of compemb are used;
-the Triton entry points import triton on first use (set ``TRITON_INTERPRET`` before that).
+compemb QR on torch, per-table Triton, the table-batched Triton kernel), so the correctness checks
+and the timings run the same code; the checks that ``tests/test_gpu.py`` also runs (the int64
+index path of the table-batched kernel, the number of device syncs of a lookup) are here too. Only
+public names of compemb are used; the Triton entry points import triton on first use (set
+``TRITON_INTERPRET`` before that). FBGEMM is left out: its CUDA build cannot be installed on the
+GPU machine (no network, and the CPU build it has serves CPU tensors only).
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -132,24 +137,6 @@ def sgd_step_full(w, full, opt):
     opt.step()
 
 
-def make_collections(sizes, d, device):
-    """FBGEMM TBE over the full tables, and compemb QR in one TBE (fused exact SGD), if fbgemm imports."""
-    from compemb.collection import CompositionalEmbeddingBagCollection
-
-    full = CompositionalEmbeddingBagCollection(
-        [(f"C{i}", n, d, None, "add", "sum") for i, n in enumerate(sizes)],
-        backend="fbgemm", optimizer="exact_sgd", learning_rate=1e-3, device=device, include_last_offset=True)
-    qr = CompositionalEmbeddingBagCollection(
-        [(f"C{i}", n, d, COLLISIONS if n > COLLISIONS else None, "mult", "sum", "after_pool")
-         for i, n in enumerate(sizes)],
-        backend="fbgemm", optimizer="exact_sgd", learning_rate=1e-3, device=device, include_last_offset=True)
-    return full, qr
-
-
-def run_collection(w, coll):
-    return coll([(x, w.offsets) for x in w.inputs], concat=True)
-
-
 #: the A/B of the backward: one atomic per index for every table, also the small ones (and, for
 #: the TBE's fused SGD with mult, accumulate-then-apply over every component)
 NO_PRE_REDUCE = {"pre_reduce_small": False}
@@ -164,3 +151,83 @@ def fwd_bwd(run, *args):
     if isinstance(outs, torch.Tensor):
         outs = [outs]
     torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+
+
+# -- checks shared with tests/test_gpu.py ----------------------------------------------------------
+def int64_index_check(device, d=8, B=64, L=3, gen=None):
+    """The table-batched kernel on a feature with n > 2**31 (int64 index arithmetic) against the
+    reference, forward and dense gradient: ``(forward rel err, gradient rel err, layout.idx32)``."""
+    n, m = 3_000_000_017, 100_003  # quotient table 30,000 rows, remainder table 100,003 rows
+    fam, small = partitions.quotient_remainder(n, m), partitions.quotient_remainder(1000, 7)
+    layout = kernels.tbe_layout(["big", "small"], [fam, small], d, "mult", ["sum", "sum"])
+    x_big = torch.randint(0, n, (B * L,), device=device, generator=gen)
+    x_big[:4] = torch.tensor([n - 1, 2**31, 2**31 - 1, 0], device=device)
+    x_small = torch.randint(0, small.n, (B * L,), device=device, generator=gen)
+    values = torch.cat([x_big, x_small])
+    offsets = torch.arange(0, values.numel() + 1, L, device=device)
+    weight = (torch.rand(layout.numel, device=device, generator=gen) - 0.5).requires_grad_()
+    out = kernels.tbe_embedding_bags(values, offsets, weight, layout, validate=True)
+    tables = layout.tables(weight)
+    bag_off = torch.arange(0, B * L + 1, L, device=device)
+    want = torch.cat([
+        embedding_bag_codes(fam.encode(x_big), bag_off, tables[:2], "mult", "sum", "before_pool"),
+        embedding_bag_codes(small.encode(x_small), bag_off, tables[2:], "mult", "sum", "before_pool"),
+    ], dim=1)
+    g = torch.randn(out.shape, device=device, generator=gen)
+    (got_g,) = torch.autograd.grad(out, weight, g)
+    (want_g,) = torch.autograd.grad(want, weight, g)
+    return rel_err(out, want), rel_err(got_g, want_g), layout.idx32
+
+
+def count_syncs(fn):
+    """How many synchronizing CUDA calls ``fn()`` makes (torch's sync debug mode, "warn")."""
+    prev = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode(prev)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def sync_check(device, sizes=(1000, 50, 7), d=16, B=256, L=4, gen=None):
+    """The triton collection's claims: ``validate=False`` runs forward + backward (fused SGD) with
+    no device sync (``set_sync_debug_mode("error")`` raises on any); ``validate=True`` adds one.
+    Returns ``(syncs with validate=True, syncs with validate=False)``."""
+    from compemb.collection import CompositionalEmbeddingBagCollection
+
+    specs = [(f"C{i}", n, d, COLLISIONS if n > COLLISIONS else None, "mult", "sum") for i, n in enumerate(sizes)]
+    coll = CompositionalEmbeddingBagCollection(specs, backend="triton", optimizer="exact_sgd", device=device)
+    values = torch.cat([torch.randint(0, n, (B * L,), device=device, generator=gen) for n in sizes])
+    offsets = torch.arange(0, values.numel() + 1, L, device=device)
+
+    class KJT:  # the three methods of a KeyedJaggedTensor the collection reads
+        def keys(self):
+            return [s[0] for s in specs]
+
+        def values(self):
+            return values
+
+        def offsets(self):
+            return offsets
+
+    kjt = KJT()
+    coll(kjt, concat=True, validate=True).sum().backward()  # warm-up: compile, caches
+    torch.cuda.synchronize()
+
+    def step(validate):
+        coll(kjt, concat=True, validate=validate).sum().backward()
+
+    prev = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step(False)  # raises on a sync
+    finally:
+        torch.cuda.set_sync_debug_mode(prev)
+    torch.cuda.synchronize()
+    with_check = count_syncs(lambda: step(True))
+    torch.cuda.synchronize()
+    without = count_syncs(lambda: step(False))
+    return with_check, without

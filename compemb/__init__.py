@@ -14,8 +14,9 @@ Example::
 from __future__ import annotations
 
 import importlib
+from typing import Any, List
 
-__version__ = "0.1.0"
+_VERSION_FALLBACK = "0+unknown"  # no package metadata: a source tree that was never installed
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -32,6 +33,10 @@ _EXPORTS = {
     "quotient_remainder": "compemb.partitions",
     "generalized_qr": "compemb.partitions",
     "chinese_remainder": "compemb.partitions",
+    "frequency_aware": "compemb.partitions",
+    "clustered": "compemb.partitions",
+    "FrequencyAwareFamily": "compemb.partitions",
+    "ClusteredFamily": "compemb.partitions",
     # modules
     "CompositionalEmbeddingBag": "compemb.modules",
     "QREmbeddingBag": "compemb.modules",
@@ -39,6 +44,11 @@ _EXPORTS = {
     "HashEmbeddingBag": "compemb.baselines",
     "MixedDimEmbeddingBag": "compemb.baselines",
     "md_dims": "compemb.baselines",
+    "TTEmbeddingBag": "compemb.tt",
+    "ROBEEmbeddingBag": "compemb.robe",
+    "DataAwareEmbeddingBag": "compemb.data_aware",
+    "size_for_ratio": "compemb.compression",
+    "SizeChoice": "compemb.compression",
     "num_parameters": "compemb.config",
     "compression_ratio": "compemb.config",
     "EmbeddingBagConfig": "compemb.config",
@@ -53,7 +63,20 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-def __getattr__(name: str):
+def _version() -> str:
+    """The installed distribution's version: pyproject.toml is the one place it is written."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("compemb")
+    except PackageNotFoundError:
+        return _VERSION_FALLBACK
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":  # read on first use: metadata lookups cost milliseconds
+        value = globals()["__version__"] = _version()
+        return value
     module_name = _EXPORTS.get(name)
     if module_name is None:
         raise AttributeError(f"module 'compemb' has no attribute {name!r}")
@@ -62,5 +85,5 @@ def __getattr__(name: str):
     return value
 
 
-def __dir__():
+def __dir__() -> List[str]:
     return __all__

@@ -10,23 +10,32 @@
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any, Dict, List, Optional, Sequence, Union, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compemb.functional import check_int, check_max_norm, module_bag_input, pool_rows
+from compemb.functional import (
+    check_float_tables,
+    check_int,
+    check_max_norm,
+    check_num_embeddings,
+    check_table_size,
+    jit_unsupported_error,
+    module_bag_input,
+    pool_rows,
+)
 from compemb.options import check_mode
 from compemb.partitions import HashPartition, Partition, RemainderPartition
+from compemb.state import MappingModule
 
 __all__ = ["HashEmbeddingBag", "MixedDimEmbeddingBag", "md_dims"]
 
 _HASHES = ("remainder", "universal")
 
 
-class HashEmbeddingBag(nn.Module):
+class HashEmbeddingBag(MappingModule):
     r"""The hashing trick: ``n`` categories share ``num_buckets`` rows of one table.
 
     Index ``x`` reads row ``h(x)`` with ``h(x) = x mod num_buckets`` (``hash="remainder"``,
@@ -81,8 +90,8 @@ class HashEmbeddingBag(nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        self.num_embeddings = check_int("num_embeddings", num_embeddings, 1, name)
-        self.embedding_dim = check_int("embedding_dim", embedding_dim, 1, name)
+        self.num_embeddings = num_embeddings = check_num_embeddings("num_embeddings", num_embeddings, name)
+        self.embedding_dim = embedding_dim = check_int("embedding_dim", embedding_dim, 1, name)
         self.mode = check_mode(mode, name)
         if (num_buckets is None) == (num_collisions is None):
             raise ValueError(
@@ -91,7 +100,7 @@ class HashEmbeddingBag(nn.Module):
             )
         if num_buckets is None:
             num_buckets = -(-num_embeddings // check_int("num_collisions", num_collisions, 1, name))
-        check_int("num_buckets", num_buckets, 1, name)
+        num_buckets = check_int("num_buckets", num_buckets, 1, name)
         if num_buckets > num_embeddings:
             raise ValueError(
                 f"{name}: num_buckets={num_buckets} exceeds num_embeddings={num_embeddings}; "
@@ -101,13 +110,7 @@ class HashEmbeddingBag(nn.Module):
             raise ValueError(f"{name}: hash must be one of {_HASHES}, got {hash!r}")
         self.num_buckets = num_buckets
         self.hash = hash
-        try:
-            if isinstance(seed, bool):
-                raise TypeError
-            seed = operator.index(seed)
-        except TypeError:
-            raise TypeError(f"{name}: seed must be an int, got {seed!r} ({type(seed).__name__})") from None
-        self.seed = seed
+        self.seed = seed = check_int("seed", seed, None, name)
         if hash == "remainder":
             self.partition: Partition = RemainderPartition(num_embeddings, num_buckets)
         else:
@@ -118,9 +121,11 @@ class HashEmbeddingBag(nn.Module):
         self.sparse = bool(sparse)
         self.include_last_offset = bool(include_last_offset)
         if _weight is None:
+            check_table_size(name, "weight", (num_buckets, embedding_dim), dtype)
             self.weight = nn.Parameter(torch.empty(num_buckets, embedding_dim, device=device, dtype=dtype))
             self.reset_parameters()
         else:
+            check_float_tables([_weight], ["_weight"], name)
             if tuple(_weight.shape) != (num_buckets, embedding_dim):
                 raise ValueError(
                     f"{name}: _weight has shape {tuple(_weight.shape)}, expected {(num_buckets, embedding_dim)}"
@@ -144,11 +149,10 @@ class HashEmbeddingBag(nn.Module):
             >>> bag(torch.tensor([[1, 9]]))
             tensor([[2., 2., 2.]])
         """
-        if not isinstance(embeddings, Tensor) or embeddings.dim() != 2:
-            raise ValueError(
-                f"HashEmbeddingBag.from_pretrained: embeddings must be a 2-D tensor, got "
-                f"{tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__}"
-            )
+        where = f"{cls.__name__}.from_pretrained"
+        check_float_tables([embeddings], ["embeddings"], where)
+        if embeddings.dim() != 2:
+            raise ValueError(f"{where}: embeddings must be a 2-D tensor, got shape {tuple(embeddings.shape)}")
         rows, dim = embeddings.shape
         bag = cls(num_embeddings, dim, num_buckets=rows, _weight=embeddings, **kwargs)
         bag.weight.requires_grad_(not freeze)
@@ -164,6 +168,20 @@ class HashEmbeddingBag(nn.Module):
         """The row of each index (validated: out-of-range indices raise ``IndexError``)."""
         return cast(Tensor, self.partition(indices))  # (a tensor in, a tensor out)
 
+    def _buckets_validated(self, flat: Tensor) -> Tensor:
+        # the indices were just checked by module_bag_input: no second range check (and sync)
+        out = torch.empty_like(flat)
+        self.partition.encode_into(flat, out)
+        return out
+
+    def mapping_state(self) -> Dict[str, Any]:
+        """``n``, the buckets, the hash and (universal hash) its seed, for ``state_dict``."""
+        return {"num_embeddings": self.num_embeddings, "num_buckets": self.num_buckets, "hash": self.hash,
+                "seed": self.seed if self.hash == "universal" else None}
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise jit_unsupported_error(type(self).__name__, "torch.jit.script")
+
     def forward(
         self,
         input: Tensor,
@@ -173,11 +191,11 @@ class HashEmbeddingBag(nn.Module):
         flat, offsets, per_sample_weights = module_bag_input(self, input, offsets, per_sample_weights)
         if self.scale_grad_by_freq:
             # F.embedding_bag divides by wrong counts (torch 2.13, CPU): gather as F.embedding does
-            rows = F.embedding(self.buckets(flat), self.weight, max_norm=self.max_norm, norm_type=self.norm_type,
+            rows = F.embedding(self._buckets_validated(flat), self.weight, max_norm=self.max_norm, norm_type=self.norm_type,
                                scale_grad_by_freq=True, sparse=self.sparse)
             return pool_rows(rows, offsets, self.mode, per_sample_weights)
         return F.embedding_bag(
-            self.buckets(flat),
+            self._buckets_validated(flat),
             self.weight,
             offsets,
             max_norm=self.max_norm,
@@ -242,14 +260,12 @@ def md_dims(
     cards = list(cardinalities)
     if not cards:
         raise ValueError("md_dims: cardinalities is empty")
-    for n in cards:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"md_dims: every cardinality must be an int >= 1, got {n!r}")
+    cards = [check_int(f"cardinalities[{i}]", n, 1, "md_dims") for i, n in enumerate(cards)]
     alpha = float(alpha)
     if not math.isfinite(alpha) or alpha < 0:
         raise ValueError(f"md_dims: alpha must be a finite number >= 0, got {alpha!r}")
-    check_int("base_dim", base_dim, 1, "md_dims")
-    check_int("min_dim", min_dim, 1, "md_dims")
+    base_dim = check_int("base_dim", base_dim, 1, "md_dims")
+    min_dim = check_int("min_dim", min_dim, 1, "md_dims")
     if min_dim > base_dim:
         raise ValueError(f"md_dims: min_dim={min_dim} exceeds base_dim={base_dim}")
     if frequencies is None:
@@ -276,7 +292,7 @@ def md_dims(
     return dims
 
 
-class MixedDimEmbeddingBag(nn.Module):
+class MixedDimEmbeddingBag(MappingModule):
     r"""A table of its own width ``md_dim``, projected to the common width ``embedding_dim``.
 
     ``e(x) = P w_x`` with ``w_x`` a row of ``weight`` (``n x md_dim``) and ``P`` the
@@ -329,10 +345,10 @@ class MixedDimEmbeddingBag(nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        self.num_embeddings = check_int("num_embeddings", num_embeddings, 1, name)
-        self.embedding_dim = check_int("embedding_dim", embedding_dim, 1, name)
+        self.num_embeddings = num_embeddings = check_num_embeddings("num_embeddings", num_embeddings, name)
+        self.embedding_dim = embedding_dim = check_int("embedding_dim", embedding_dim, 1, name)
         md_dim = embedding_dim if md_dim is None else md_dim
-        self.md_dim = check_int("md_dim", md_dim, 1, name)
+        self.md_dim = md_dim = check_int("md_dim", md_dim, 1, name)
         if md_dim > embedding_dim:
             raise ValueError(
                 f"{name}: md_dim={md_dim} exceeds embedding_dim={embedding_dim}; "
@@ -345,12 +361,20 @@ class MixedDimEmbeddingBag(nn.Module):
         self.sparse = bool(sparse)
         self.include_last_offset = bool(include_last_offset)
         factory: Dict[str, Any] = {"device": device, "dtype": dtype}
+        check_table_size(name, "weight", (num_embeddings, md_dim), dtype)
         self.weight = nn.Parameter(torch.empty(num_embeddings, md_dim, **factory))
         if md_dim < embedding_dim:
             self.projection = nn.Parameter(torch.empty(embedding_dim, md_dim, **factory))
         else:
             self.register_parameter("projection", None)
         self.reset_parameters()
+
+    def mapping_state(self) -> Dict[str, Any]:
+        """``n``, the base width and this table's width, for ``state_dict``."""
+        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim, "md_dim": self.md_dim}
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise jit_unsupported_error(type(self).__name__, "torch.jit.script")
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -383,13 +407,16 @@ class MixedDimEmbeddingBag(nn.Module):
             >>> bag(torch.tensor([[1, 9]]))
             tensor([[4., 4., 4., 4.]])
         """
-        where = "MixedDimEmbeddingBag.from_pretrained"
-        if not isinstance(embeddings, Tensor) or embeddings.dim() != 2:
-            raise ValueError(f"{where}: embeddings must be a 2-D tensor (num_embeddings, md_dim)")
+        where = f"{cls.__name__}.from_pretrained"
+        check_float_tables([embeddings], ["embeddings"], where)
+        if embeddings.dim() != 2:
+            raise ValueError(f"{where}: embeddings must be a 2-D tensor (num_embeddings, md_dim), got shape "
+                             f"{tuple(embeddings.shape)}")
         n, md_dim = embeddings.shape
         dim = md_dim
         if projection is not None:
-            if not isinstance(projection, Tensor) or projection.dim() != 2 or projection.shape[1] != md_dim:
+            check_float_tables([projection], ["projection"], where)
+            if projection.dim() != 2 or projection.shape[1] != md_dim:
                 raise ValueError(
                     f"{where}: projection must be a 2-D tensor (embedding_dim, md_dim={md_dim}), got "
                     f"{tuple(projection.shape) if isinstance(projection, Tensor) else type(projection).__name__}"

@@ -22,7 +22,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: compemb <command> [options]", "", "commands:"]
+    lines = ["usage: compemb [--version] <command> [options]", "", "commands:"]
     width = max(len(name) for name in COMMANDS)
     for name, (_, text) in COMMANDS.items():
         lines.append(f"  {name:<{width}}  {text}")
@@ -36,6 +36,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from compemb import __version__
+
+        print(f"compemb {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

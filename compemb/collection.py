@@ -3,7 +3,8 @@
 :class:`CompositionalEmbeddingBagCollection` serves many features (one table spec each, like
 TorchRec's ``EmbeddingBagCollection``). It validates the specs and the input forms and delegates
 the tables and the lookup to a :class:`compemb.kernels.CollectionBackend`: ``"fbgemm"`` (one FBGEMM
-TBE over all component tables, optionally with the optimizer fused into backward), ``"triton"``
+TBE over the large component tables, the small ones (remainders) composed beside it, optionally
+with the optimizer fused into backward), ``"triton"``
 (one flat buffer and one fused Triton launch that also encodes the indices) or ``"torch"`` (the
 reference, per feature). ``mode="max"`` is refused (TBE pools with ``sum``/``mean``); each
 backend says what else it refuses, naming the feature (see ``docs/architecture.md``).
@@ -20,12 +21,19 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from compemb.functional import bag_input, encode_validated, init_bound
+from compemb.functional import (
+    bag_input,
+    check_int,
+    check_num_embeddings,
+    check_table_size,
+    encode_validated,
+    init_bound,
+)
 from compemb.kernels import (
     BackendUnavailableError,
     CollectionBags,
@@ -67,15 +75,17 @@ def _to_spec(item: Any) -> FeatureSpec:
     """
     if hasattr(item, "method") and hasattr(item, "num_embeddings"):
         name, n, d = item.name, item.num_embeddings, item.embedding_dim
+        n, d = _check_sizes(name, n, d)
         family = _family(name, n, item.method, item.num_collisions, item.k)
         operation, mode, compose = item.operation, item.mode, item.compose
     elif isinstance(item, (tuple, list)) and len(item) in (6, 7):
         name, n, d, fam, operation, mode = item[:6]
         compose = item[6] if len(item) == 7 else "before_pool"
+        n, d = _check_sizes(name, n, d)
         if fam is None:
             family = naive(n)
-        elif isinstance(fam, int) and not isinstance(fam, bool):
-            family = _family(name, n, "qr", fam, 2)
+        elif _is_index(fam):
+            family = _family(name, n, "qr", check_int("num_collisions", fam, 1, f"feature {name!r}"), 2)
         elif hasattr(fam, "encode") and hasattr(fam, "table_sizes"):
             family = fam
             if family.n != n:
@@ -100,7 +110,22 @@ def _to_spec(item: Any) -> FeatureSpec:
         raise ValueError(f"feature {name!r}: concat splits embedding_dim={d} across k={k} tables")
     else:
         widths = tuple(split_dim(d, k))
+    for t, (rows, width) in enumerate(zip(family.table_sizes, widths)):  # before anything is allocated
+        check_table_size(f"feature {name!r}", f"{t} of its family", (rows, width), torch.float32)
     return FeatureSpec(name, n, d, family, operation, mode, compose, widths)
+
+
+def _is_index(value: Any) -> bool:
+    """Whether ``value`` is an integer (any type ``operator.index`` takes) and not a bool."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and (value.dim() or value.dtype == torch.bool)):
+        return False
+    return hasattr(type(value), "__index__")
+
+
+def _check_sizes(name: Any, n: Any, d: Any) -> Tuple[int, int]:
+    """A feature's ``(num_embeddings, embedding_dim)`` as Python ints >= 1, naming the feature."""
+    where = f"feature {name!r}"
+    return check_num_embeddings("num_embeddings", n, where), check_int("embedding_dim", d, 1, where)
 
 
 def _is_keyed_jagged(features: Any) -> bool:
@@ -115,7 +140,9 @@ class CompositionalEmbeddingBagCollection(nn.Module):
             ``full``, ``qr``, ``gqr``, ``crt``) or tuples ``(name, num_embeddings, embedding_dim,
             family, operation, mode[, compose])`` with ``family`` a ``PartitionFamily``, an int
             (quotient–remainder ``num_collisions``) or ``None`` (full table). Names must be unique.
-        backend: ``"fbgemm"`` (one TBE over all component tables), ``"triton"`` (one fused
+        backend: ``"fbgemm"`` (one TBE over the large component tables, tables of at most 64
+            rows beside it; ``mult`` before pooling on multi-hot bags by the remainder-class
+            split), ``"triton"`` (one fused
             Triton launch over a flat buffer of all component tables, encoding in the kernel) or
             ``"torch"`` (the reference).
         optimizer: ``"exact_sgd"`` (fbgemm, triton) or ``"exact_rowwise_adagrad"`` (fbgemm) fuse
@@ -234,6 +261,10 @@ class CompositionalEmbeddingBagCollection(nn.Module):
     def _bags(self, features: Any) -> Tuple[CollectionBags, bool]:
         """The input in feature order, and whether the output is keyed by name."""
         if _is_keyed_jagged(features):
+            weights = getattr(features, "weights_or_none", None)
+            if callable(weights) and weights() is not None:
+                raise ValueError("the KeyedJaggedTensor carries weights (per_sample_weights), which the collection "
+                                 "does not serve; pass it without weights")
             keys = list(features.keys())
             jagged = JaggedBags(features.values(), features.offsets())
             if keys == self.feature_names:
@@ -270,12 +301,23 @@ class CompositionalEmbeddingBagCollection(nn.Module):
                 for s, g in zip(self.specs, got)]
 
     def forward(
-        self, features: Any, concat: bool = False, validate: Optional[bool] = None
-    ) -> Union[torch.Tensor, List[torch.Tensor], Dict[str, torch.Tensor]]:
+        self, features: Any, concat: bool = False, validate: Optional[bool] = None, keyed_tensor: bool = False
+    ) -> Any:
         """Look up all features (see the class docstring for the input forms).
 
         ``validate`` (triton only) overrides the module's ``validate`` for this call.
+        ``keyed_tensor=True`` returns a ``torchrec.KeyedTensor`` keyed by feature in config order
+        (TorchRec's ``EmbeddingBagCollection`` output; needs torchrec).
         """
+        if keyed_tensor:
+            from torchrec.sparse.jagged_tensor import KeyedTensor
+
+            if concat:
+                raise ValueError("keyed_tensor=True already concatenates the features: drop concat=True")
+            out_all = self.forward(features, validate=validate)
+            parts = list(out_all.values()) if isinstance(out_all, dict) else list(out_all)
+            return KeyedTensor(keys=self.feature_names, length_per_key=[s.embedding_dim for s in self.specs],
+                               values=torch.cat(parts, dim=1))
         raw, keyed = self._bags(features)
         bags: LookupInput = raw if self._backend.raw_input else self._encode(raw)
         out = self._backend.lookup(self, bags, concat, self.validate if validate is None else validate)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, TypeGuard, Union
+from typing import Any, Dict, Optional, TypeGuard, Union
 
 import torch
 from torch import nn
 
-from compemb.functional import check_int
+from compemb.functional import check_int, check_num_embeddings
 from compemb.options import (
     METHODS,
     check_backend,
@@ -56,10 +56,15 @@ class EmbeddingBagConfig:
         embedding_dim: the output width of the built module, whatever the method.
         method: ``"full"`` (``nn.EmbeddingBag``), ``"hash"`` (hashing trick), ``"qr"``
             (quotient–remainder), ``"gqr"`` (generalized QR, ``k`` digits), ``"crt"`` (Chinese
-            remainder, ``k`` moduli), ``"path"`` (path-based, QR partitions) or ``"md"`` (mixed
-            dimension).
-        operation: ``"mult"``, ``"add"`` or ``"concat"``, for qr / gqr / crt.
-        num_collisions: categories per class of the remainder (qr, path) or per bucket (hash).
+            remainder, ``k`` moduli), ``"path"`` (path-based, QR partitions), ``"md"`` (mixed
+            dimension), ``"tt"`` (tensor train, :class:`~compemb.tt.TTEmbeddingBag`), ``"robe"``
+            (one shared array, :class:`~compemb.robe.ROBEEmbeddingBag`), ``"freq"`` (the
+            ``num_hot`` most frequent categories get rows of their own, the rest QR; needs the
+            training split's counts: ``build_embedding_bag(config, counts=...)``) or ``"cluster"``
+            (QR over learned clusters, :class:`~compemb.data_aware.DataAwareEmbeddingBag`).
+        operation: ``"mult"``, ``"add"`` or ``"concat"``, for qr / gqr / crt / freq / cluster.
+        num_collisions: categories per class of the remainder (qr, path, freq's base), per
+            bucket (hash), per cluster (cluster), per parameter (robe: ``ceil(n D / m)`` numbers).
         k: number of partitions for gqr / crt.
         hidden_dims: path only; ``()`` = one linear map per class, else the MLP's hidden sizes.
         md_dim: md only; this table's own width (``None``: ``embedding_dim``, no projection).
@@ -67,6 +72,13 @@ class EmbeddingBagConfig:
         compose: ``"before_pool"`` or ``"after_pool"``, for qr / gqr / crt.
         backend: kernel backend for qr / gqr / crt (``"torch"``, ``"triton"``, ``"fbgemm"``,
             ``"auto"``); the other methods use ``torch.nn.functional`` and ignore it.
+        tt_rank: tt only; the inner TT ranks.
+        num_hot: freq only; rows of their own for the most frequent categories.
+        compression: ``None``, or ``R > 1``: the method's own size parameter (collisions,
+            radices, rank, array size, hot rows ...) is chosen by
+            :func:`compemb.compression.size_for_ratio` so that the tables hold at most
+            ``num_embeddings * embedding_dim / R`` parameters, overriding ``num_collisions``,
+            ``md_dim``, ``tt_rank`` and ``num_hot`` (ignored by ``full``).
 
     Every field is validated on construction; a bad one raises ``ValueError``/``TypeError``
     naming the table, the field and the value. A ``hidden_dims`` list is stored as a tuple.
@@ -84,14 +96,19 @@ class EmbeddingBagConfig:
     mode: str = "sum"
     compose: str = "before_pool"
     backend: str = "torch"
+    tt_rank: int = 8
+    num_hot: Optional[int] = None
+    compression: Optional[float] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise TypeError(f"EmbeddingBagConfig: name must be a non-empty str, got {self.name!r}")
         where = f"EmbeddingBagConfig {self.name!r}"
 
-        for field in ("num_embeddings", "embedding_dim", "num_collisions", "k"):
-            check_int(field, getattr(self, field), 1, where)
+        # sizes of any integer type (numpy, 0-d tensors) are stored as Python ints
+        object.__setattr__(self, "num_embeddings", check_num_embeddings("num_embeddings", self.num_embeddings, where))
+        for field in ("embedding_dim", "num_collisions", "k", "tt_rank"):
+            object.__setattr__(self, field, check_int(field, getattr(self, field), 1, where))
         check_method(self.method, where)
         check_operation(self.operation, where)
         check_mode(self.mode, where)
@@ -99,19 +116,25 @@ class EmbeddingBagConfig:
         check_backend(self.backend, where)
         if isinstance(self.hidden_dims, (str, bytes)) or not hasattr(self.hidden_dims, "__iter__"):
             raise TypeError(f"{where}: hidden_dims must be a sequence of ints, got {self.hidden_dims!r}")
-        hidden = tuple(self.hidden_dims)
-        for h in hidden:
-            if not _is_int(h) or h < 1:
-                raise ValueError(f"{where}: hidden_dims must hold ints >= 1, got {self.hidden_dims!r}")
+        hidden = tuple(check_int(f"hidden_dims[{i}]", h, 1, where) for i, h in enumerate(self.hidden_dims))
         object.__setattr__(self, "hidden_dims", hidden)
         if self.md_dim is not None:
-            check_int("md_dim", self.md_dim, 1, where)
+            object.__setattr__(self, "md_dim", check_int("md_dim", self.md_dim, 1, where))
             if self.md_dim > self.embedding_dim:
                 raise ValueError(
                     f"{where}: md_dim={self.md_dim} exceeds embedding_dim={self.embedding_dim} "
                     "(a mixed-dimension table is projected up to embedding_dim)"
                 )
-        if self.operation == "concat" and self.method in ("qr", "gqr", "crt") and self.embedding_dim < self.k_effective:
+        if self.num_hot is not None:
+            object.__setattr__(self, "num_hot", check_int("num_hot", self.num_hot, 1, where))
+        if self.compression is not None:
+            from compemb.compression import check_ratio
+
+            object.__setattr__(self, "compression", check_ratio(self.compression, where))
+        elif self.method == "freq" and self.num_hot is None:
+            raise ValueError(f"{where}: method='freq' needs num_hot (or a compression ratio to choose it)")
+        if (self.operation == "concat" and self.method in ("qr", "gqr", "crt", "freq", "cluster")
+                and self.embedding_dim < self.k_effective):
             raise ValueError(
                 f"{where}: operation='concat' splits embedding_dim={self.embedding_dim} across "
                 f"{self.k_effective} tables; it needs embedding_dim >= {self.k_effective}"
@@ -119,11 +142,14 @@ class EmbeddingBagConfig:
 
     @property
     def k_effective(self) -> int:
-        """The number of component tables the method uses (2 for qr and path, ``k`` for gqr/crt)."""
+        """The number of component tables the method uses (2 for qr, path and cluster, 3 for freq,
+        ``k`` for gqr/crt)."""
         if self.method in ("gqr", "crt"):
             return self.k
-        if self.method in ("qr", "path"):
+        if self.method in ("qr", "path", "cluster"):
             return 2
+        if self.method == "freq":
+            return 3
         return 1
 
 
@@ -143,35 +169,64 @@ def _full_embedding_bag(config: EmbeddingBagConfig, sparse, include_last_offset,
     return bag
 
 
-def _compressed_embedding_bag(config: EmbeddingBagConfig, sparse, include_last_offset, device, dtype) -> nn.Module:
+def _compressed_embedding_bag(config: EmbeddingBagConfig, sparse, include_last_offset, device, dtype,
+                              sizes: Dict[str, Any], counts: Any = None) -> nn.Module:
+    # sizes: the size parameters chosen for config.compression (compemb.compression), else {}
     n, d, method = config.num_embeddings, config.embedding_dim, config.method
+    m = sizes.get("num_collisions", config.num_collisions)
     common = dict(mode=config.mode, sparse=sparse, include_last_offset=include_last_offset, device=device, dtype=dtype)
     if method == "hash":
         from compemb.baselines import HashEmbeddingBag
 
-        return HashEmbeddingBag(n, d, num_collisions=config.num_collisions, **common)
+        size = {"num_buckets": sizes["num_buckets"]} if "num_buckets" in sizes else {"num_collisions": m}
+        return HashEmbeddingBag(n, d, **size, **common)
     if method == "md":
         from compemb.baselines import MixedDimEmbeddingBag
 
-        return MixedDimEmbeddingBag(n, d, md_dim=config.md_dim, **common)
+        return MixedDimEmbeddingBag(n, d, md_dim=sizes.get("md_dim", config.md_dim), **common)
     if method == "path":
         from compemb.path import PathEmbeddingBag
 
-        return PathEmbeddingBag(n, d, num_collisions=config.num_collisions, hidden_dims=config.hidden_dims, **common)
+        return PathEmbeddingBag(n, d, num_collisions=m, hidden_dims=config.hidden_dims, **common)
+    if method == "tt":
+        from compemb.tt import TTEmbeddingBag
+
+        return TTEmbeddingBag(n, d, tt_rank=sizes.get("tt_rank", config.tt_rank), **common)
+    if method == "robe":  # (no sparse gradients: one shared array)
+        from compemb.robe import ROBEEmbeddingBag
+
+        size = {"size": sizes["size"]} if "size" in sizes else {"num_collisions": m}
+        return ROBEEmbeddingBag(n, d, **size, mode=config.mode, include_last_offset=include_last_offset,
+                                device=device, dtype=dtype)
+    composed = dict(operation=config.operation, compose=config.compose, backend=config.backend, **common)
+    if method in ("freq", "cluster"):
+        from compemb.data_aware import DataAwareEmbeddingBag
+
+        if method == "cluster":
+            return DataAwareEmbeddingBag.clustered(n, d, m, **composed)
+        num_hot = sizes.get("num_hot", config.num_hot)
+        assert num_hot is not None, "EmbeddingBagConfig refuses freq without num_hot or compression"
+        return DataAwareEmbeddingBag.frequency_aware(n, d, num_hot, counts=counts, num_collisions=m, **composed)
     from compemb.modules import CompositionalEmbeddingBag
-    from compemb.partitions import family_for_method
+    from compemb.partitions import chinese_remainder, family_for_method, generalized_qr
 
-    family = family_for_method(method, n, num_collisions=config.num_collisions, k=config.k)
-    return CompositionalEmbeddingBag(
-        n, d, family=family, operation=config.operation, compose=config.compose, backend=config.backend, **common
-    )
+    if "radices" in sizes:
+        family = generalized_qr(n, radices=sizes["radices"])
+    elif "moduli" in sizes:
+        family = chinese_remainder(n, moduli=sizes["moduli"])
+    else:
+        family = family_for_method(method, n, num_collisions=m, k=config.k)
+    return CompositionalEmbeddingBag(n, d, family=family, **composed)
 
 
-def _cannot_compress_reason(config: EmbeddingBagConfig) -> Optional[str]:
+def _cannot_compress_reason(config: EmbeddingBagConfig, sizes: Dict[str, Any]) -> Optional[str]:
     """Why a compressed method is pointless for this table, known before building it, or None."""
-    n, m = config.num_embeddings, config.num_collisions
-    if config.method in ("qr", "path", "hash") and m >= n:
+    n, m = config.num_embeddings, sizes.get("num_collisions", config.num_collisions)
+    if config.method in ("qr", "path", "hash", "freq", "cluster") and m >= n:
         return f"num_collisions={m} >= num_embeddings={n} puts every category in one class"
+    hot = sizes.get("num_hot", config.num_hot)
+    if config.method == "freq" and hot is not None and hot >= n:
+        return f"num_hot={hot} >= num_embeddings={n} gives every category a row of its own"
     return None
 
 
@@ -183,6 +238,7 @@ def build_embedding_bag(
     device: Optional[Union[str, torch.device]] = None,
     dtype: Optional[torch.dtype] = None,
     fallback: bool = True,
+    counts: Any = None,
 ) -> nn.Module:
     """Build the module a :class:`EmbeddingBagConfig` describes; its output width is ``embedding_dim``.
 
@@ -192,7 +248,17 @@ def build_embedding_bag(
     over ``quotient_remainder(n, num_collisions)``, ``generalized_qr(n, k=k)`` or
     ``chinese_remainder(n, k=k)``; ``path`` a :class:`~compemb.path.PathEmbeddingBag` (quotient
     base table, one map per remainder class); ``md`` a
-    :class:`~compemb.baselines.MixedDimEmbeddingBag`.
+    :class:`~compemb.baselines.MixedDimEmbeddingBag`; ``tt`` a :class:`~compemb.tt.TTEmbeddingBag`;
+    ``robe`` a :class:`~compemb.robe.ROBEEmbeddingBag`; ``freq`` and ``cluster`` a
+    :class:`~compemb.data_aware.DataAwareEmbeddingBag` (frequency-aware over QR, clustered QR).
+
+    **Compression ratio.** With ``config.compression = R`` the method's size parameter comes from
+    :func:`compemb.compression.size_for_config` (at most ``n D / R`` parameters, as close as the
+    method allows) and the built module's ``size_choice`` attribute holds the choice and the
+    achieved ratio (``size_choice.describe()``). When the method cannot reach ``R``, its most
+    compressed size is built (``size_choice.reached`` is False) with ``fallback=True``, and a
+    :class:`~compemb.compression.CompressionUnreachableError` (a ``ValueError``) is raised with
+    ``fallback=False``.
 
     **Tables that cannot be compressed.** When the compressed module would hold at least as
     many parameters as the full ``n x embedding_dim`` table (tiny ``n``, large per-class MLPs,
@@ -209,6 +275,8 @@ def build_embedding_bag(
         include_last_offset: the ``nn.EmbeddingBag`` offsets convention of the built module.
         device, dtype: factory arguments.
         fallback: build a full table when compression cannot reduce the parameter count.
+        counts: ``freq`` only (required there): ``(n,)`` occurrence counts of the training split
+            (e.g. :func:`compemb.partitions.count_indices`); ignored by the other methods.
 
     Example::
 
@@ -221,10 +289,22 @@ def build_embedding_bag(
     full_params = config.num_embeddings * config.embedding_dim
     built = None
     reason = None
+    size_choice = None
+    sizes: Dict[str, Any] = {}
     if config.method != "full":
-        reason = _cannot_compress_reason(config)
+        if config.method == "freq" and counts is None:
+            raise ValueError(
+                f"build_embedding_bag: table {config.name!r} has method='freq', which needs the training split's "
+                "counts: build_embedding_bag(config, counts=...)"
+            )
+        if config.compression is not None:
+            from compemb.compression import size_for_config
+
+            size_choice = size_for_config(config, strict=not fallback)
+            sizes = dict(size_choice.options)
+        reason = _cannot_compress_reason(config, sizes)
         if reason is None:
-            built = _compressed_embedding_bag(config, sparse, include_last_offset, device, dtype)
+            built = _compressed_embedding_bag(config, sparse, include_last_offset, device, dtype, sizes, counts)
             params = num_parameters(built)
             if params >= full_params:
                 reason = f"it would hold {params} parameters, not fewer than the full table's {full_params}"
@@ -241,7 +321,7 @@ def build_embedding_bag(
     else:
         built_method = config.method
     decision = {"config": config, "requested_method": config.method, "built_method": built_method,
-                "fallback_reason": reason}
+                "fallback_reason": reason, "size_choice": size_choice}
     for attr, value in decision.items():
         setattr(built, attr, value)
     return built

@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import functools
-import operator
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -26,33 +25,9 @@ from compemb.options import check_backend, check_compose, check_mode, check_oper
 from compemb.partitions import (
     PartitionFamily, QuotientPartition, RemainderPartition, ResiduePartition, quotient_remainder, split_dim,
 )
+from compemb.state import MappingModule
 
 __all__ = ["CompositionalEmbeddingBag", "QREmbeddingBag"]
-
-
-def _as_width(value, what: str) -> int:
-    """An integer width (Python, numpy or 0-d integer tensor); a float is refused, not truncated."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-        value = int(value)
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be an int, got {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{what} must be an int, got {value!r} ({type(value).__name__})") from None
-
-
-def _check_tables(tables: Sequence[torch.Tensor], what: str) -> None:
-    """Given tables must be floating point and share one dtype and device."""
-    for i, t in enumerate(tables):
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise TypeError(
-                f"{what}[{i}] must be a floating point tensor, got "
-                f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}"
-            )
-    kinds = [(str(t.dtype).replace("torch.", ""), str(t.device)) for t in tables]
-    if len(set(kinds)) != 1:
-        raise ValueError(f"{what} must share one dtype and device, got (dtype, device) {kinds}")
 
 
 class _BackendMixin:
@@ -128,7 +103,7 @@ class _BackendMixin:
         )
 
 
-class CompositionalEmbeddingBag(_BackendMixin, nn.Module):
+class CompositionalEmbeddingBag(_BackendMixin, MappingModule):
     r"""An embedding bag whose table is composed from one small table per partition.
 
     Category ``x`` of ``{0, ..., n-1}`` is mapped by the family ``P_1 .. P_k`` to codes
@@ -216,14 +191,15 @@ class CompositionalEmbeddingBag(_BackendMixin, nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        self.num_embeddings = CF.check_int("num_embeddings", num_embeddings, 1, name)
-        self.embedding_dim = CF.check_int("embedding_dim", embedding_dim, 1, name)
+        self.num_embeddings = num_embeddings = CF.check_num_embeddings("num_embeddings", num_embeddings, name)
+        self.embedding_dim = embedding_dim = CF.check_int("embedding_dim", embedding_dim, 1, name)
         self.operation = check_operation(operation, name)
         self.mode = check_mode(mode, name)
         self.compose = check_compose(compose, name)
         self.backend = check_backend(backend, name)
         if family is None:
-            family = quotient_remainder(num_embeddings, CF.check_int("num_collisions", num_collisions, 1, name))
+            num_collisions = CF.check_int("num_collisions", num_collisions, 1, name)
+            family = quotient_remainder(num_embeddings, num_collisions)
             self.num_collisions = num_collisions
         else:
             if not isinstance(family, PartitionFamily):
@@ -248,7 +224,7 @@ class CompositionalEmbeddingBag(_BackendMixin, nn.Module):
             if concat_dims is None:
                 dims = tuple(split_dim(embedding_dim, k))
             else:
-                dims = tuple(_as_width(d, f"concat_dims[{i}]") for i, d in enumerate(concat_dims))
+                dims = tuple(CF.check_int(f"concat_dims[{i}]", d, 1, name) for i, d in enumerate(concat_dims))
                 if len(dims) != k or any(d < 1 for d in dims) or sum(dims) != embedding_dim:
                     raise ValueError(
                         f"concat_dims={list(concat_dims)} must be {k} positive widths adding up to "
@@ -270,6 +246,8 @@ class CompositionalEmbeddingBag(_BackendMixin, nn.Module):
         shapes = [(int(rows), d) for rows, d in zip(family.table_sizes, dims)]
         factory: Dict[str, Any] = {"device": device, "dtype": dtype}
         if _weights is None:
+            for i, shape in enumerate(shapes):
+                CF.check_table_size(name, f"weights[{i}]", shape, dtype)
             self.weights = nn.ParameterList(
                 [nn.Parameter(torch.empty(shape, **factory)) for shape in shapes]
             )
@@ -277,11 +255,18 @@ class CompositionalEmbeddingBag(_BackendMixin, nn.Module):
         else:
             if len(_weights) != k:
                 raise ValueError(f"_weights has {len(_weights)} tables, the family needs k={k}")
-            _check_tables(_weights, "_weights")
+            CF.check_float_tables(_weights, [f"_weights[{i}]" for i in range(k)], name)
             for i, (w, shape) in enumerate(zip(_weights, shapes)):
                 if tuple(w.shape) != shape:
                     raise ValueError(f"_weights[{i}] has shape {tuple(w.shape)}, expected {shape}")
             self.weights = nn.ParameterList([nn.Parameter(w) for w in _weights])
+
+    def mapping_state(self) -> Dict[str, Any]:
+        """The family (every partition's kind and parameters) and the operation, for ``state_dict``."""
+        return {"num_embeddings": self.num_embeddings, "family": self.family.spec(), "operation": self.operation}
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise CF.jit_unsupported_error(type(self).__name__, "torch.jit.script")
 
     def reset_parameters(self) -> None:
         """Draw every table ``U(-a, a)`` with ``a = init_bound(n, k, operation)``."""
@@ -320,12 +305,17 @@ class CompositionalEmbeddingBag(_BackendMixin, nn.Module):
             >>> CompositionalEmbeddingBag.from_pretrained(tables, fam).embedding_dim
             8
         """
+        where = f"{cls.__name__}.from_pretrained"
         embeddings = list(embeddings)
-        if not embeddings or any(e.dim() != 2 for e in embeddings):
-            raise ValueError("from_pretrained needs a non-empty list of 2-D tables")
+        if not embeddings:
+            raise ValueError(f"{where}: embeddings is empty; give one 2-D table per partition")
+        CF.check_float_tables(embeddings, [f"embeddings[{i}]" for i in range(len(embeddings))], where)
+        for i, e in enumerate(embeddings):
+            if e.dim() != 2:
+                raise ValueError(f"{where}: embeddings[{i}] must be a 2-D table, got shape {tuple(e.shape)}")
         if family is None:
             if num_embeddings is None:
-                raise ValueError("from_pretrained needs a family or num_embeddings")
+                raise ValueError(f"{where}: give a family or num_embeddings")
             kwargs["num_collisions"] = int(embeddings[0].shape[0])
             family = quotient_remainder(num_embeddings, kwargs["num_collisions"])
         n = family.n if num_embeddings is None else num_embeddings
@@ -373,7 +363,7 @@ class CompositionalEmbeddingBag(_BackendMixin, nn.Module):
         return s + ", " + self._backend_repr()
 
 
-class QREmbeddingBag(_BackendMixin, nn.Module):
+class QREmbeddingBag(_BackendMixin, MappingModule):
     r"""Quotient–remainder embedding bag, a drop-in for facebookresearch/dlrm's ``QREmbeddingBag``.
 
     Category ``x`` is embedded by combining row ``x // m`` of ``weight_q`` and row ``x % m`` of
@@ -446,20 +436,18 @@ class QREmbeddingBag(_BackendMixin, nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        self.num_categories = CF.check_int("num_categories", num_categories, 1, name)
-        if isinstance(embedding_dim, int) or not isinstance(embedding_dim, (list, tuple, torch.Size)):
-            width = embedding_dim if isinstance(embedding_dim, int) else _as_width(embedding_dim, "embedding_dim")
+        self.num_categories = num_categories = CF.check_num_embeddings("num_categories", num_categories, name)
+        if not isinstance(embedding_dim, (list, tuple, torch.Size)):
+            width = CF.check_int("embedding_dim", embedding_dim, 1, name)
             dims = [width, width]
         else:
-            dims = [_as_width(d, f"embedding_dim[{i}]") for i, d in enumerate(embedding_dim)]
+            dims = [CF.check_int(f"embedding_dim[{i}]", d, 1, name) for i, d in enumerate(embedding_dim)]
             if len(dims) == 1:
                 dims = dims * 2
             if len(dims) != 2:
-                raise ValueError(f"embedding_dim must be an int or [d_q, d_r], got {embedding_dim!r}")
-        for d in dims:
-            CF.check_int("embedding_dim", d, 1, name)
+                raise ValueError(f"{name}: embedding_dim must be an int or [d_q, d_r], got {embedding_dim!r}")
         self.embedding_dim = dims
-        self.num_collisions = CF.check_int("num_collisions", num_collisions, 1, name)
+        self.num_collisions = num_collisions = CF.check_int("num_collisions", num_collisions, 1, name)
         self.operation = check_operation(operation, name)
         if operation in ("add", "mult") and dims[0] != dims[1]:
             raise ValueError(f"operation={operation!r} needs equal widths, got embedding_dim={dims}")
@@ -477,13 +465,15 @@ class QREmbeddingBag(_BackendMixin, nn.Module):
         self.num_embeddings = [-(-num_categories // num_collisions), num_collisions]
         factory: Dict[str, Any] = {"device": device, "dtype": dtype}
         if _weight is None:
+            CF.check_table_size(name, "weight_q", (self.num_embeddings[0], dims[0]), dtype)
+            CF.check_table_size(name, "weight_r", (self.num_embeddings[1], dims[1]), dtype)
             self.weight_q = nn.Parameter(torch.empty(self.num_embeddings[0], dims[0], **factory))
             self.weight_r = nn.Parameter(torch.empty(self.num_embeddings[1], dims[1], **factory))
             self.reset_parameters()
         else:
             if len(_weight) != 2:
                 raise ValueError(f"_weight must be a (weight_q, weight_r) pair, got {len(_weight)} tensors")
-            _check_tables(_weight, "_weight")
+            CF.check_float_tables(_weight, ["_weight[0] (weight_q)", "_weight[1] (weight_r)"], name)
             for what, w, shape in (
                 ("quotient", _weight[0], (self.num_embeddings[0], dims[0])),
                 ("remainder", _weight[1], (self.num_embeddings[1], dims[1])),
@@ -512,6 +502,14 @@ class QREmbeddingBag(_BackendMixin, nn.Module):
         n, m = self.num_categories, self.num_collisions
         remainder = RemainderPartition(n, m) if m <= n else ResiduePartition(n, m)
         return PartitionFamily([QuotientPartition(n, m), remainder])
+
+    def mapping_state(self) -> Dict[str, Any]:
+        """``n``, ``m`` and the operation (they define the mapping), for ``state_dict``."""
+        return {"num_categories": self.num_categories, "num_collisions": self.num_collisions,
+                "operation": self.operation}
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise CF.jit_unsupported_error(type(self).__name__, "torch.jit.script")
 
     def reset_parameters(self) -> None:
         """Draw both tables ``U(-a, a)``, ``a = init_bound(n, 2, operation)`` (not DLRM's init)."""

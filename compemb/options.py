@@ -44,6 +44,10 @@ __all__ = [
     "BACKENDS",
     "BACKEND_NAMES",
     "FUSED_OPTIMIZERS",
+    "ShardingTypeName",
+    "DistributedLookup",
+    "SHARDING_TYPES",
+    "DISTRIBUTED_LOOKUPS",
     "check_choice",
     "check_operation",
     "check_mode",
@@ -59,12 +63,18 @@ Operation = Literal["mult", "add", "concat"]
 Mode = Literal["sum", "mean", "max"]
 #: combine the rows of each index then pool (the paper), or pool each table then combine (DLRM)
 Compose = Literal["before_pool", "after_pool"]
-#: the embedding methods a table spec may name
-Method = Literal["full", "hash", "qr", "gqr", "crt", "path", "md"]
+#: the embedding methods a table spec may name (tt: tensor train; robe: shared array; freq:
+#: frequency-aware; cluster: clustered QR; see ``compemb.config.EmbeddingBagConfig``)
+Method = Literal["full", "hash", "qr", "gqr", "crt", "path", "md", "tt", "robe", "freq", "cluster"]
 #: kernel backends, and ``"auto"`` (the fastest exact one)
 BackendName = Literal["torch", "triton", "fbgemm", "auto"]
 #: optimizers that a table-batched backend applies inside the backward pass
 FusedOptimizer = Literal["exact_sgd", "exact_rowwise_adagrad"]
+#: how TorchRec may shard a component table (the values of ``torchrec.distributed.types.ShardingType``)
+ShardingTypeName = Literal["table_wise", "row_wise", "column_wise", "table_row_wise", "table_column_wise", "data_parallel"]
+#: how a sharded compositional feature is looked up (:mod:`compemb.distributed`): ``"auto"`` picks
+#: by expected traffic; pooled component lookups; the remainder-class split; per-index rows
+DistributedLookup = Literal["auto", "pooled", "split", "per_index"]
 
 OPERATIONS: Tuple[str, ...] = get_args(Operation)
 MODES: Tuple[str, ...] = get_args(Mode)
@@ -76,6 +86,8 @@ BACKEND_NAMES: Tuple[str, ...] = get_args(BackendName)
 #: the concrete backends (everything but ``"auto"``)
 BACKENDS: Tuple[str, ...] = tuple(b for b in BACKEND_NAMES if b != "auto")
 FUSED_OPTIMIZERS: Tuple[str, ...] = get_args(FusedOptimizer)
+SHARDING_TYPES: Tuple[str, ...] = get_args(ShardingTypeName)
+DISTRIBUTED_LOOKUPS: Tuple[str, ...] = get_args(DistributedLookup)
 
 _T = TypeVar("_T")
 

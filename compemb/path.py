@@ -18,9 +18,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compemb.functional import check_int, module_bag_input, pool_rows
+from compemb.functional import (
+    check_int,
+    check_num_embeddings,
+    check_table_size,
+    encode_validated,
+    jit_unsupported_error,
+    module_bag_input,
+    pool_rows,
+)
 from compemb.options import check_mode
 from compemb.partitions import PartitionFamily, quotient_remainder
+from compemb.state import MappingModule
 
 __all__ = ["PathEmbeddingBag", "path_family"]
 
@@ -141,7 +150,7 @@ class _ClassMaps(nn.Module):
         return f"num_classes={self.num_classes}, dims={self.dims}, bias={self.biases is not None}"
 
 
-class PathEmbeddingBag(nn.Module):
+class PathEmbeddingBag(MappingModule):
     r"""Path-based compositional embedding bag (Shi et al., KDD 2020, section 3.3).
 
     The first partition of ``family`` indexes a base table ``weight`` of shape
@@ -212,20 +221,19 @@ class PathEmbeddingBag(nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        self.num_embeddings = check_int("num_embeddings", num_embeddings, 1, name)
-        self.embedding_dim = check_int("embedding_dim", embedding_dim, 1, name)
+        self.num_embeddings = num_embeddings = check_num_embeddings("num_embeddings", num_embeddings, name)
+        self.embedding_dim = embedding_dim = check_int("embedding_dim", embedding_dim, 1, name)
         self.mode = check_mode(mode, name)
         if activation not in _ACTIVATIONS:
             raise ValueError(f"{name}: activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
-        hidden_dims = tuple(hidden_dims)
-        for h in hidden_dims:
-            check_int("each of hidden_dims", h, 1, name)
+        hidden_dims = tuple(check_int(f"hidden_dims[{i}]", h, 1, name) for i, h in enumerate(hidden_dims))
         self.hidden_dims = hidden_dims
         self.sparse = bool(sparse)
         self.include_last_offset = bool(include_last_offset)
         if family is None:
-            family = path_family(num_embeddings, check_int("num_collisions", num_collisions, 1, name))
+            num_collisions = check_int("num_collisions", num_collisions, 1, name)
+            family = path_family(num_embeddings, num_collisions)
             self.num_collisions = num_collisions
         else:
             if not isinstance(family, PartitionFamily):
@@ -243,8 +251,12 @@ class PathEmbeddingBag(nn.Module):
         self.family = family
         sizes = tuple(int(s) for s in family.table_sizes)
         factory: Dict[str, Any] = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(sizes[0], embedding_dim, **factory))
         dims = (embedding_dim,) + hidden_dims + (embedding_dim,)
+        check_table_size(name, "weight", (sizes[0], embedding_dim), dtype)
+        for j, size in enumerate(sizes[1:]):
+            for layer, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:])):
+                check_table_size(name, f"maps[{j}].weights[{layer}]", (size, fan_in, fan_out), dtype)
+        self.weight = nn.Parameter(torch.empty(sizes[0], embedding_dim, **factory))
         self.maps = nn.ModuleList(
             _ClassMaps(size, dims, bias=bool(hidden_dims), **factory) for size in sizes[1:]
         )
@@ -270,9 +282,19 @@ class PathEmbeddingBag(nn.Module):
                 for bias in maps.biases:
                     bias.zero_()
 
+    def mapping_state(self) -> Dict[str, Any]:
+        """The family, the per-class MLP's hidden sizes and (with hidden layers) its activation."""
+        return {"num_embeddings": self.num_embeddings, "family": self.family.spec(),
+                "hidden_dims": list(self.hidden_dims), "activation": self.activation if self.hidden_dims else None}
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise jit_unsupported_error(type(self).__name__, "torch.jit.script")
+
     def compose(self, indices: Tensor) -> Tensor:
         """The composed embedding ``(N, D)`` of each index in a 1-D int64 tensor (validated)."""
-        codes = cast(Tensor, self.family.encode(indices))
+        return self._compose_codes(cast(Tensor, self.family.encode(indices)))
+
+    def _compose_codes(self, codes: Tensor) -> Tensor:
         x = F.embedding(codes[0], self.weight, sparse=self.sparse)
         act = _ACTIVATIONS[self.activation][0]
         for j, maps in enumerate(self._class_maps()):  # loop over partitions and layers, never classes
@@ -293,7 +315,9 @@ class PathEmbeddingBag(nn.Module):
         per_sample_weights: Optional[Tensor] = None,
     ) -> Tensor:
         flat, offsets, per_sample_weights = module_bag_input(self, input, offsets, per_sample_weights)
-        return pool_rows(self.compose(flat), offsets, self.mode, per_sample_weights)
+        # the indices were just checked: encode without a second range check (and sync)
+        return pool_rows(self._compose_codes(encode_validated(self.family, flat)), offsets, self.mode,
+                         per_sample_weights)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}, table_sizes={tuple(self.family.table_sizes)}"

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+from compemb.functional import check_int, check_num_embeddings
 from compemb.options import METHODS, OPERATIONS, check_method
 from compemb.partitions import HashPartition, PartitionFamily, family_for_method, naive
 from compemb.path import path_family
@@ -30,6 +31,13 @@ from compemb.path import path_family
 CRITEO_KAGGLE_CARDINALITIES: Tuple[int, ...] = (
     1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
     5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+)
+
+#: The 26 categorical cardinalities of Criteo Terabyte as DLRM trains it with
+#: ``--max-ind-range=40000000`` (the MLPerf setting; facebookresearch/dlrm, tools/visualize.py).
+CRITEO_TERABYTE_CARDINALITIES: Tuple[int, ...] = (
+    39884406, 39043, 17289, 7420, 20263, 3, 7120, 1543, 63, 38532951, 2953546, 403346, 10, 2208, 11938,
+    155, 4, 976, 14, 39979771, 25641295, 39664984, 585935, 12972, 108, 36,
 )
 
 
@@ -48,11 +56,14 @@ class TablePlan:
 
 def plan_table(name: str, rows: int, dim: int, method: str, num_collisions: int = 4, k: int = 2,
                threshold: int = 0, operation: str = "mult", hidden_dims: Sequence[int] = (),
-               md_dim: Optional[int] = None) -> TablePlan:
+               md_dim: Optional[int] = None, tt_rank: int = 8, num_hot: Optional[int] = None) -> TablePlan:
     """Plan one table; tables with ``rows <= threshold`` stay full.
 
     ``hidden_dims`` is for ``path`` (the per-class MLP's hidden sizes), ``md_dim`` for ``md`` (this
-    table's width, e.g. from :func:`compemb.baselines.md_dims`; default ``dim``).
+    table's width, e.g. from :func:`compemb.baselines.md_dims`; default ``dim``), ``tt_rank`` for
+    ``tt``, ``num_hot`` for ``freq`` (required there). ``tt``'s family is the digit family that
+    indexes its cores, ``robe``'s the full table (its note gives the array size), ``cluster``'s
+    the quotient–remainder family it starts from.
 
     Example::
 
@@ -60,16 +71,47 @@ def plan_table(name: str, rows: int, dim: int, method: str, num_collisions: int 
         (4, 2532807)
     """
     check_method(method)
+    # sizes of any integer type (numpy, 0-d tensors) as Python ints: no int64 overflow in rows * dim
+    where = f"plan_table {name!r}"
+    rows = check_num_embeddings("rows", rows, where)
+    dim = check_int("dim", dim, 1, where)
+    num_collisions = check_int("num_collisions", num_collisions, 1, where)
+    k = check_int("k", k, 1, where)
+    threshold = check_int("threshold", threshold, 0, where)
+    hidden_dims = [check_int(f"hidden_dims[{i}]", h, 1, where) for i, h in enumerate(hidden_dims)]
+    md_dim = None if md_dim is None else check_int("md_dim", md_dim, 1, where)
     before = rows * dim
     note = ""
     applied = method
     if method == "full" or rows <= threshold:
         family, applied = naive(rows), "full"
-    elif method in ("hash", "qr", "path") and num_collisions >= rows:
+    elif method == "freq" and num_hot is None:
+        raise ValueError(f"{where}: method 'freq' needs num_hot")
+    elif method in ("hash", "qr", "path", "freq", "cluster") and num_collisions >= rows:
         # one class for everything: nothing to gain (the modules fall back to a full table too)
         family, applied, note = naive(rows), "full", f"collisions {num_collisions} >= rows"
+    elif method == "freq" and num_hot is not None and num_hot >= rows:
+        family, applied, note = naive(rows), "full", f"num_hot {num_hot} >= rows"
     elif method == "hash":
         family = PartitionFamily([HashPartition(rows, -(-rows // num_collisions))])
+    elif method == "tt":
+        from compemb.partitions import generalized_qr
+        from compemb.tt import tt_num_parameters, tt_ranks, tt_shapes
+
+        p_shapes, q_shapes = tt_shapes(rows, dim)
+        after = tt_num_parameters(p_shapes, q_shapes, tt_ranks(tt_rank, len(p_shapes)))
+        return TablePlan(name, rows, applied, generalized_qr(rows, radices=p_shapes), before, after, f"rank {tt_rank}")
+    elif method == "robe":
+        size = -(-rows * dim // num_collisions)
+        return TablePlan(name, rows, applied, naive(rows), before, size, f"array {size:,}")
+    elif method == "freq":
+        from compemb.partitions import frequency_aware
+
+        assert num_hot is not None
+        family = frequency_aware(rows, num_hot, hot_ids=range(num_hot), num_collisions=num_collisions)
+        note = f"{num_hot} hot"
+    elif method == "cluster":
+        family = path_family(rows, num_collisions)  # [cluster, rank]: QR before the first re-clustering
     elif method == "path":
         # the quotient indexes the base table, the remainder picks one map per class (weights
         # in*out per layer, biases for an MLP)
@@ -126,6 +168,8 @@ def _build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--criteo-kaggle", action="store_true",
                         help="the 26 Criteo Kaggle cardinalities (DLRM preprocessing)")
+    source.add_argument("--criteo-terabyte", action="store_true",
+                        help="the 26 Criteo Terabyte cardinalities (DLRM --max-ind-range=40000000)")
     source.add_argument("--cardinalities", metavar="FILE",
                         help="file of table cardinalities, one per line or comma-separated")
     parser.add_argument("--dim", type=int, default=16, help="embedding dimension (default 16)")
@@ -141,6 +185,11 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="path: hidden sizes of each per-class MLP (default none: linear maps)")
     parser.add_argument("--alpha", type=float, default=0.3,
                         help="md: temperature of the power rule (default 0.3)")
+    parser.add_argument("--tt-rank", type=int, default=8, help="tt: the tensor-train rank (default 8)")
+    parser.add_argument("--num-hot", type=int, default=None, help="freq: rows of their own for the most frequent ids")
+    from compemb.distributed.planning import add_dry_run_arguments  # (imports no TorchRec)
+
+    add_dry_run_arguments(parser)
     return parser
 
 
@@ -148,9 +197,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``compemb plan``; prints the plan and returns 0 (2 on bad arguments)."""
     parser = _build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    for name in ("dim", "collisions", "k"):
+    for name in ("dim", "collisions", "k", "tt_rank"):
         if getattr(args, name) <= 0:
-            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.num_hot is not None and args.num_hot <= 0:
+        parser.error(f"--num-hot must be a positive integer, got {args.num_hot}")
+    if args.method == "freq" and args.num_hot is None:
+        parser.error("--method freq needs --num-hot")
     if args.threshold < 0:
         parser.error(f"--threshold must be non-negative, got {args.threshold}")
     hidden = []
@@ -160,19 +213,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         hidden.append(int(token))
     if not (args.alpha >= 0 and args.alpha != float("inf")):
         parser.error(f"--alpha must be a finite number >= 0, got {args.alpha}")
-    if args.operation == "concat" and args.method in ("qr", "gqr", "crt"):
-        parts = 2 if args.method == "qr" else args.k
+    if args.operation == "concat" and args.method in ("qr", "gqr", "crt", "freq", "cluster"):
+        parts = {"qr": 2, "cluster": 2, "freq": 3}.get(args.method, args.k)
         if args.dim < parts:
             parser.error(f"--operation concat splits --dim {args.dim} among {parts} tables: need dim >= {parts}")
     if args.criteo_kaggle:
         cards = list(CRITEO_KAGGLE_CARDINALITIES)
         source = "Criteo Kaggle (26 features)"
+    elif args.criteo_terabyte:
+        cards = list(CRITEO_TERABYTE_CARDINALITIES)
+        source = "Criteo Terabyte (26 features, max-ind-range 40M)"
     else:
         try:
             cards = _read_cardinalities(args.cardinalities)
         except ValueError as e:
             parser.error(str(e))
         source = f"{args.cardinalities} ({len(cards)} features)"
+    if args.world_size is not None:  # the TorchRec planner's dry run (compemb.distributed.planning)
+        from compemb.distributed.planning import check_dry_run_arguments, run_dry_run
+
+        problem = check_dry_run_arguments(args)
+        if problem:
+            parser.error(problem)
+        return run_dry_run(cards, args, source)
 
     md: Sequence[Optional[int]] = [None] * len(cards)
     if args.method == "md":
@@ -181,14 +244,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         md = md_dims(cards, args.alpha, args.dim)
     plans = [
         plan_table(f"C{i + 1}", rows, args.dim, args.method, args.collisions, args.k,
-                   args.threshold, args.operation, hidden, md[i])
+                   args.threshold, args.operation, hidden, md[i], tt_rank=args.tt_rank, num_hot=args.num_hot)
         for i, rows in enumerate(cards)
     ]
 
     options = {"qr": f"collisions={args.collisions}", "hash": f"collisions={args.collisions}",
                "gqr": f"k={args.k}", "crt": f"k={args.k}", "full": "",
                "path": f"collisions={args.collisions} hidden_dims={tuple(hidden)}",
-               "md": f"alpha={args.alpha}"}[args.method]
+               "md": f"alpha={args.alpha}", "tt": f"tt_rank={args.tt_rank}",
+               "robe": f"collisions={args.collisions}", "cluster": f"collisions={args.collisions}",
+               "freq": f"num_hot={args.num_hot} collisions={args.collisions}"}[args.method]
     print(f"compemb plan: {source}; dim={args.dim}; method={args.method} {options}; "
           f"threshold={args.threshold}; operation={args.operation}")
     header = ("feature", "rows", "method", "classes per partition", "params before", "params after")

@@ -21,6 +21,7 @@ Example::
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -51,6 +52,27 @@ def _export_spec(
                 module.num_embeddings, module.include_last_offset)
     raise TypeError(f"quantize: expected CompositionalEmbeddingBag, QREmbeddingBag or nn.EmbeddingBag, "
                     f"got {type(module).__name__}")
+
+
+def _check_finite(module: nn.Module, weights: Sequence[torch.Tensor]) -> None:
+    """Refuse a table holding NaN or inf, naming it and its first such row.
+
+    The row-wise quantiser would turn a NaN into a finite number (its min/max ignore it) and an
+    inf into a row of NaN: either way the exported table would lie about the trained one.
+    """
+    # parameter names as written in Python: "weights[1]" for "weights.1"
+    names = {id(p): re.sub(r"\.(\d+)", r"[\1]", name) for name, p in module.named_parameters()}
+    for i, w in enumerate(weights):
+        bad = ~torch.isfinite(w.detach())
+        if bool(bad.any()):
+            rows = bad.any(dim=1).nonzero().flatten()
+            row = int(rows[0])
+            value = float(w.detach()[row][bad[row]][0])
+            raise ValueError(
+                f"quantize: {type(module).__name__} table {names.get(id(w), f'tables[{i}]')} has a non-finite "
+                f"entry ({value}) in row {row} (rows with one: {rows.numel()} of {w.shape[0]}); quantizing would hide it. "
+                "Fix or retrain the table first"
+            )
 
 
 class QuantizedEmbeddingBag(nn.Module):
@@ -115,6 +137,9 @@ class QuantizedEmbeddingBag(nn.Module):
         tbes: List[Any] = list(self.tbes)
         self.nbytes = sum(int(t.weights_host.numel()) * t.weights_host.element_size() for t in tbes)
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise CF.jit_unsupported_error(type(self).__name__, "torch.jit.script")
+
     @property
     def compression_vs_fp32(self) -> float:
         """``fp32_nbytes / nbytes``: how much smaller the quantized tables are."""
@@ -175,6 +200,7 @@ def quantize(module: nn.Module, bits: int = 8) -> QuantizedEmbeddingBag:
         raise ValueError(f"quantize: max_norm={module.max_norm} renormalises rows at lookup; "
                          "renormalise before exporting")
     weights, encode, operation, mode, compose, n, last = _export_spec(module)
+    _check_finite(module, weights)
     return QuantizedEmbeddingBag(weights, encode, operation, mode, compose, n, last, bits)
 
 

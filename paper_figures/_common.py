@@ -1,4 +1,9 @@
-"""Shared plumbing of the figure scripts: loading a study's trials, saving figures, the CLI."""
+"""Shared plumbing of the figure scripts: loading a study's trials, saving figures, the CLI.
+
+Figures of study ``S`` go to ``<results-dir>/figures/S/`` unless ``--out-dir`` says otherwise. A
+figure whose study lacks its axis (figure 2 from a study with one threshold) raises
+:class:`FigureSkipped`, which the command lines report in one line and do not count as an error.
+"""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +21,36 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 __all__ = ["trials_of", "save_figure", "write_csv", "script_main", "run_figure", "hidden_size", "METHOD_STYLE",
-           "log_params_axis", "require"]
+           "log_params_axis", "require", "FigureSkipped", "seeds_phrase", "collisions_phrase", "figure_dir"]
+
+
+class FigureSkipped(ValueError):
+    """The study cannot feed this figure (it lacks the figure's axis or series): not an error of
+    the study, the figure is skipped with this message."""
+
+
+def figure_dir(results_dir: Union[str, os.PathLike], study: str) -> str:
+    """``<results_dir>/figures/<study>``: where a study's figures go by default."""
+    return os.path.join(os.fspath(results_dir), "figures", study)
+
+
+def seeds_phrase(counts: Sequence[Any]) -> str:
+    """The number of seeds behind each plotted point: ``"3 seeds"`` when every point has 3,
+    ``"1–3 seeds per point"`` when they differ."""
+    ns = sorted({int(n) for n in counts})
+    if not ns:
+        return "no seeds"
+    if len(ns) == 1:
+        return f"{ns[0]} seed{'s' if ns[0] != 1 else ''}"
+    return f"{ns[0]}–{ns[-1]} seeds per point"
+
+
+def collisions_phrase(values: Any) -> str:
+    """``[4, 2, 8, 4]`` -> ``"collisions 2, 4, 8"`` (``""`` when there are none)."""
+    cs = sorted({int(v) for v in values if v is not None and not (isinstance(v, float) and pd.isna(v))})
+    if not cs:
+        return ""
+    return f"collisions {', '.join(str(c) for c in cs)}" if len(cs) > 1 else f"{cs[0]} collisions"
 
 #: colours and markers per series, shared by the figures
 METHOD_STYLE = {
@@ -136,11 +170,14 @@ def require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
 def script_main(argv: Optional[List[str]], make_figure: Callable, default_study: str, space_name: str,
                 description: str, prog: str) -> int:
     """The command line of one figure script (``python -m paper_figures.figN_… --storage … --study …``)."""
+    from sweeps.cli import error_text
+    from sweeps.runner import SweepInterrupted
+
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--study", default=default_study, help=f"study name (default {default_study})")
     p.add_argument("--storage", default=None, help="database URL (default: sqlite results/<study>.db)")
     p.add_argument("--results-dir", default="results")
-    p.add_argument("--out-dir", default=None, help="default: <results-dir>/figures")
+    p.add_argument("--out-dir", default=None, help="default: <results-dir>/figures/<study>")
     p.add_argument("--run-missing", action="store_true",
                    help=f"run the {space_name!r} grid into the study if it is missing or incomplete")
     p.add_argument("--workers", type=int, default=1)
@@ -153,9 +190,15 @@ def script_main(argv: Optional[List[str]], make_figure: Callable, default_study:
         paths = run_figure(make_figure, args.study, args.storage, args.results_dir, args.out_dir,
                            run_missing=args.run_missing, space_name=space_name, workers=args.workers,
                            seeds=args.seeds, sets=args.set, objective=args.objective)
+    except FigureSkipped as exc:
+        print(f"{prog}: skipped: {exc}", file=sys.stderr)
+        return 0
     except (KeyError, ValueError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {error_text(exc)}", file=sys.stderr)
         return 2
+    except SweepInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 130
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
@@ -164,21 +207,25 @@ def script_main(argv: Optional[List[str]], make_figure: Callable, default_study:
 def run_figure(make_figure: Callable, study: str, storage: Optional[str], results_dir: str, out_dir: Optional[str],
                run_missing: bool = False, space_name: Optional[str] = None, workers: int = 1,
                seeds: Optional[str] = None, sets: Sequence[str] = (), objective: Optional[str] = None) -> Dict[str, Path]:
-    """Draw ``make_figure`` from study ``study``, first running the grid ``space_name`` into it
-    when ``run_missing`` (``seeds`` and ``sets`` as the ``--seeds`` / ``--set`` options)."""
+    """Draw ``make_figure`` from study ``study`` into ``out_dir`` (default
+    ``<results_dir>/figures/<study>``), first running the grid ``space_name`` into it when
+    ``run_missing`` (``seeds`` and ``sets`` as the ``--seeds`` / ``--set`` options; the sweep
+    prints its progress)."""
     from sweeps.cli import parse_set
     from sweeps.runner import DEFAULT_OBJECTIVE, default_storage_url, load_study, run_sweep
     from sweeps.space import parse_seeds
 
-    url = storage or default_storage_url(study, results_dir)
-    out = out_dir or os.path.join(results_dir, "figures")
+    url = storage or default_storage_url(study, results_dir, create=run_missing)
+    out = out_dir or figure_dir(results_dir, study)
     if run_missing:
         if space_name is None:
             raise ValueError("run_missing needs the space_name of the grid to run")
         rep = run_sweep(space_name, storage=url, study_name=study, objective=objective or DEFAULT_OBJECTIVE,
                         workers=workers, overrides=parse_set(list(sets)), seeds=parse_seeds(seeds),
-                        results_dir=results_dir)
+                        results_dir=results_dir, show_progress=True, stream=sys.stderr)
         print(rep.summary(), file=sys.stderr)
+        for note in rep.notes:
+            print(note, file=sys.stderr)
     try:
         st = load_study(url, study)
     except KeyError as exc:

@@ -7,8 +7,9 @@ Usage::
     compemb figures fig1 fig4 --study paper-all --storage postgresql://...
     compemb figures fig1 --run-missing --seeds 0,1,2 # run the figure's grid first if needed
 
-Figures land in ``<results-dir>/figures`` (``--out-dir`` to change), each as PNG, PDF and the CSV
-behind it.
+Figures land in a folder per study, ``<results-dir>/figures/<study>/`` (``--out-dir`` to change),
+each as PNG, PDF and the CSV behind it. A figure whose study lacks its axis (figure 2 from a study
+with one threshold) is skipped with a one-line message; that is not an error.
 """
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ FIGURES = {
 
 
 def make_all(study_or_df: Any, out_dir: Union[str, os.PathLike], figures: Sequence[str] = tuple(FIGURES)) -> Dict[str, object]:
-    """Draw ``figures`` from one study; returns ``{fig: paths dict or the error message}``."""
+    """Draw ``figures`` from one study; returns ``{fig: paths dict, or "skipped: why" when the
+    study lacks the figure's axis, or "error: why"}``."""
+    from paper_figures._common import FigureSkipped
+
     out: Dict[str, object] = {}
     for name in figures:
         if name not in FIGURES:
@@ -38,8 +42,10 @@ def make_all(study_or_df: Any, out_dir: Union[str, os.PathLike], figures: Sequen
         module = importlib.import_module(FIGURES[name][0])
         try:
             out[name] = module.make_figure(study_or_df, out_dir)
-        except ValueError as exc:
+        except FigureSkipped as exc:
             out[name] = f"skipped: {exc}"
+        except ValueError as exc:
+            out[name] = f"error: {exc}"
     return out
 
 
@@ -49,34 +55,41 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--study", default=None, help="one study for every figure (default: each figure's paper study)")
     p.add_argument("--storage", default=None, help="database URL (default: sqlite results/<study>.db)")
     p.add_argument("--results-dir", default="results")
-    p.add_argument("--out-dir", default=None, help="default: <results-dir>/figures")
+    p.add_argument("--out-dir", default=None, help="default: <results-dir>/figures/<study>")
     p.add_argument("--run-missing", action="store_true", help="run a figure's grid when its study is missing")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--seeds", default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--objective", default=None)
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
-    from paper_figures._common import run_figure
+    from paper_figures._common import FigureSkipped, run_figure
+    from sweeps.cli import error_text
+    from sweeps.runner import SweepInterrupted
 
     names = args.figures or list(FIGURES)
     bad = [n for n in names if n not in FIGURES]
     if bad:
-        print(f"compemb figures: unknown figure(s) {bad}; choose from {sorted(FIGURES)}", file=sys.stderr)
+        print(f"compemb figures: error: unknown figure(s) {bad}; choose from {sorted(FIGURES)}", file=sys.stderr)
         return 2
-    out_dir = args.out_dir or os.path.join(args.results_dir, "figures")
     failures = 0
     for name in names:
         module_name, default = FIGURES[name]
         module = importlib.import_module(module_name)
         study = args.study or default
         try:
-            paths = run_figure(module.make_figure, study, args.storage, args.results_dir, out_dir,
+            paths = run_figure(module.make_figure, study, args.storage, args.results_dir, args.out_dir,
                                run_missing=args.run_missing, space_name=default if args.study is None else study,
                                workers=args.workers, seeds=args.seeds, sets=args.set, objective=args.objective)
+        except FigureSkipped as exc:
+            print(f"{name}: skipped: {exc}", file=sys.stderr)
+            continue
         except (KeyError, ValueError) as exc:
             failures += 1
-            print(f"{name}: {exc}", file=sys.stderr)
+            print(f"{name}: error: {error_text(exc)}", file=sys.stderr)
             continue
+        except SweepInterrupted as exc:
+            print(str(exc), file=sys.stderr)
+            return 130
         print(f"{name}: " + ", ".join(str(p) for p in paths.values()))
     return 0 if failures < len(names) else 1
 

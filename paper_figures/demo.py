@@ -3,8 +3,9 @@
 Fetches MovieLens-100k (real ratings, from the recbole wheel, into the cache), runs the small
 ``demo`` grid (full table, hashing, QR concat / add / mult at 2, 4 and 8 collisions, QR mult at
 thresholds 1, 20, 2000, path-based composition with hidden sizes 16 and 64; two seeds, one epoch at
-batch 256) into the SQLite study ``results/demo.db`` with two local workers, then draws all four
-figures into ``results/figures/``. Re-running resumes: completed trials are not trained again.
+batch 256) into the SQLite study ``results/demo.db`` with two local workers, printing a line per
+finished trial and a summary table, then draws all four figures into ``results/figures/demo/``.
+Ctrl-C stops it (exit status 130); re-running resumes: completed trials are not trained again.
 """
 from __future__ import annotations
 
@@ -33,32 +34,42 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--objective", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
 
+    from paper_figures._common import figure_dir
     from paper_figures.cli import make_all
-    from sweeps.cli import parse_set
-    from sweeps.runner import DEFAULT_OBJECTIVE, default_storage_url, load_study, run_sweep
+    from sweeps.cli import error_text, parse_set
+    from sweeps.runner import DEFAULT_OBJECTIVE, SweepInterrupted, default_storage_url, load_study, run_sweep
     from sweeps.space import parse_seeds
 
     start = time.perf_counter()
     overrides = dict(DEMO_OVERRIDES)
-    overrides.update(parse_set(args.set))
+    try:
+        overrides.update(parse_set(args.set))
+        seeds = parse_seeds(args.seeds)
+    except ValueError as exc:
+        print(f"compemb demo: error: {error_text(exc)}", file=sys.stderr)
+        return 2
     if overrides.get("dataset") == "movielens-100k" and args.objective is None:
         from dlrm.data.movielens import fetch_movielens_100k
 
         print("fetching MovieLens-100k (once, into the cache) ...", flush=True)
         where = fetch_movielens_100k()
         print(f"  data: {where}", flush=True)
-    storage = args.storage or default_storage_url(args.study, args.results_dir)
-    print(f"sweep 'demo' -> {storage} with {args.workers} worker(s) ...", flush=True)
     try:
+        storage = args.storage or default_storage_url(args.study, args.results_dir)
         rep = run_sweep("demo", storage=storage, study_name=args.study, objective=args.objective or DEFAULT_OBJECTIVE,
-                        workers=args.workers, overrides=overrides, seeds=parse_seeds(args.seeds),
-                        results_dir=args.results_dir)
-    except ValueError as exc:  # e.g. resuming the study with other --set / --seeds
-        print(f"compemb demo: error: {exc}", file=sys.stderr)
+                        workers=args.workers, overrides=overrides, seeds=seeds, results_dir=args.results_dir,
+                        show_progress=True)
+    except (KeyError, ValueError) as exc:  # e.g. resuming the study with other --set / --seeds
+        print(f"compemb demo: error: {error_text(exc)}", file=sys.stderr)
         return 2
+    except SweepInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 130
     sweep_s = time.perf_counter() - start
-    print(f"  {rep.summary()}", flush=True)
-    out_dir = os.path.join(args.results_dir, "figures")
+    print(rep.summary(), flush=True)
+    for note in rep.notes:
+        print(note, flush=True)
+    out_dir = figure_dir(args.results_dir, args.study)
     figures = make_all(load_study(storage, args.study), out_dir)
     total = time.perf_counter() - start
     print(f"\nfigures in {os.path.abspath(out_dir)}:")
@@ -67,7 +78,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if isinstance(paths, dict):
             print(f"  {name}: " + ", ".join(os.path.basename(str(x)) for x in paths.values()))
         else:
-            ok = False
+            ok = ok and str(paths).startswith("skipped")
             print(f"  {name}: {paths}")
     print(f"\ndemo wall time: {total:.1f} s (sweep {sweep_s:.1f} s; {rep.trials_run} trials trained now, "
           f"{rep.complete}/{rep.expected} complete)")

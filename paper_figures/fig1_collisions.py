@@ -27,10 +27,10 @@ from typing import Any, Dict, List, Optional, Union
 
 import pandas as pd
 
-from paper_figures._common import (METHOD_STYLE, log_params_axis, plt, require, save_figure, script_main,
-                                   trials_of)
+from paper_figures._common import (METHOD_STYLE, FigureSkipped, collisions_phrase, log_params_axis, plt, require,
+                                   save_figure, script_main, seeds_phrase, trials_of)
 
-__all__ = ["make_figure", "select", "summarize", "main", "STEM"]
+__all__ = ["make_figure", "select", "summarize", "main", "STEM", "FigureSkipped"]
 
 STEM = "fig1_collisions"
 _POINT = re.compile(r"^(full|hash-c\d+|qr-(concat|add|mult)-c\d+)$")
@@ -82,8 +82,18 @@ def make_figure(study_or_df: Any, out_dir: Union[str, os.PathLike]) -> Dict[str,
     """Draw figure 1 from a study (or its trials DataFrame) into ``out_dir``."""
     sel = select(trials_of(study_or_df))
     if sel.empty:
-        raise ValueError("figure 1: the study has no COMPLETE full / hash / qr trials")
+        raise FigureSkipped("figure 1 needs the collision grid (full, hash-cN, qr-OP-cN points) and the study "
+                            "has none of its trials (run the paper-collisions grid)")
+    compressed = sel[sel["series"] != "full"]["num_collisions"].dropna().unique()
+    if len(compressed) < 2:
+        at = f"all at {collisions_phrase(compressed)}" if len(compressed) else "none"
+        raise FigureSkipped(f"figure 1 needs at least two collision counts; the study's hashing / QR trials are "
+                            f"{at} (run the paper-collisions grid)")
     summary = summarize(sel)
+    labels = {series: series if series == "full" else f"{series} ({collisions_phrase(part['num_collisions'])})"
+              for series, part in summary.groupby("series")}
+    # offsets per series so that the counts of series at the same parameters stay readable
+    offsets = {"hashing": (3, 3), "QR concat": (3, -8), "QR add": (-9, 3), "QR mult": (-9, -8)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, metric, label in ((axes[0], "test_loss", "test log loss"), (axes[1], "test_accuracy", "test accuracy")):
         for series, part in summary.groupby("series"):
@@ -91,20 +101,19 @@ def make_figure(study_or_df: Any, out_dir: Union[str, os.PathLike]) -> Dict[str,
             std = part[f"{metric}_std"].fillna(0.0)
             if series == "full":
                 ax.axhline(part[f"{metric}_mean"].iloc[0], color="black", ls="--", lw=0.8)
-            ax.errorbar(part["embedding_params"], part[f"{metric}_mean"], yerr=std, label=series, capsize=3,
+            ax.errorbar(part["embedding_params"], part[f"{metric}_mean"], yerr=std, label=labels[series], capsize=3,
                         ms=6, lw=1.2, ls="none" if series == "full" else "-", **style)
         for _, row in summary[summary["series"] != "full"].iterrows():
-            if row["series"] == "hashing":
-                ax.annotate(f"{int(row['num_collisions'])}", (row["embedding_params"], row[f"{metric}_mean"]),
-                            textcoords="offset points", xytext=(3, 3), fontsize=6, color="gray")
+            ax.annotate(f"{int(row['num_collisions'])}", (row["embedding_params"], row[f"{metric}_mean"]),
+                        textcoords="offset points", xytext=offsets.get(row["series"], (3, 3)), fontsize=6,
+                        color=METHOD_STYLE.get(row["series"], {}).get("color", "gray"))
         log_params_axis(ax)
         ax.set_xlabel("embedding parameters (log scale)")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
-    seeds = sel["seed"].nunique() if "seed" in sel.columns else 1
     fig.suptitle(f"Loss and accuracy against parameters over the collision grid "
-                 f"(mean ± std over {seeds} seed{'s' if seeds != 1 else ''}; numbers: collisions)", fontsize=10)
+                 f"(mean ± std over {seeds_phrase(summary['n'])}; numbers: collisions)", fontsize=10)
     return save_figure(fig, out_dir, STEM, data=sel, summary=summary)
 
 

@@ -18,8 +18,8 @@ from typing import Any, Dict, List, Optional, Union
 
 import pandas as pd
 
-from paper_figures._common import (METHOD_STYLE, log_params_axis, plt, require, save_figure, script_main,
-                                   trials_of)
+from paper_figures._common import (METHOD_STYLE, FigureSkipped, log_params_axis, plt, require, save_figure,
+                                   script_main, seeds_phrase, trials_of)
 
 __all__ = ["make_figure", "select", "summarize", "main", "STEM", "COLLISIONS"]
 
@@ -51,14 +51,20 @@ def make_figure(study_or_df: Any, out_dir: Union[str, os.PathLike]) -> Dict[str,
     df = trials_of(study_or_df)
     sel = select(df)
     if sel.empty:
-        raise ValueError(f"figure 2: the study has no COMPLETE qr trials at {COLLISIONS} collisions")
+        raise FigureSkipped(f"figure 2 needs QR trials at {COLLISIONS} collisions over several thresholds and the "
+                            "study has none (run the paper-thresholds grid)")
+    thresholds = sorted(int(t) for t in sel["threshold"].unique())
+    if len(thresholds) < 2:
+        raise FigureSkipped(f"figure 2 needs at least two thresholds; the study's QR trials at {COLLISIONS} "
+                            f"collisions all have threshold {thresholds[0]} (run the paper-thresholds grid)")
     summary = summarize(sel)
     fig, (ax, axp) = plt.subplots(1, 2, figsize=(11, 4.2))
     for op, part in summary.groupby("operation"):
         style = METHOD_STYLE.get(f"QR {op}", {})
+        name = f"QR {op}, {COLLISIONS} collisions"
         ax.errorbar(part["threshold"], part["test_loss_mean"], yerr=part["test_loss_std"].fillna(0.0),
-                    label=f"QR {op}", capsize=3, **style)
-        axp.plot(part["threshold"], part["embedding_params"], label=f"QR {op}", **style)
+                    label=name, capsize=3, **style)
+        axp.plot(part["threshold"], part["embedding_params"], label=name, **style)
     full = df[df["method"] == "full"] if "method" in df.columns else df.iloc[0:0]
     if len(full):
         ax.axhline(full["test_loss"].mean(), color="black", ls="--", lw=0.8, label="full (mean)")
@@ -66,7 +72,8 @@ def make_figure(study_or_df: Any, out_dir: Union[str, os.PathLike]) -> Dict[str,
     ax.set_xscale("log")
     ax.set_xlabel("threshold (tables with more rows are compressed; log scale)")
     ax.set_ylabel("test log loss")
-    ax.set_title(f"loss against threshold, {COLLISIONS} collisions", fontsize=10)
+    ax.set_title(f"loss against threshold, {COLLISIONS} collisions\n(mean ± std over {seeds_phrase(summary['n'])})",
+                 fontsize=10)
     axp.set_xscale("log")
     log_params_axis(axp, "y")
     axp.set_xlabel("threshold (log scale)")

@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Union
 
 import pandas as pd
 
-from paper_figures._common import (hidden_size, log_params_axis, plt, require, save_figure, script_main, trials_of)
+from paper_figures._common import (FigureSkipped, collisions_phrase, hidden_size, log_params_axis, plt, require,
+                                   save_figure, script_main, seeds_phrase, trials_of)
 
 __all__ = ["make_figure", "select", "summarize", "to_markdown", "main", "STEM"]
 
@@ -68,23 +69,29 @@ def make_figure(study_or_df: Any, out_dir: Union[str, os.PathLike]) -> Dict[str,
     """Write the path-based table (CSV, Markdown) and its plot from a study into ``out_dir``."""
     sel = select(trials_of(study_or_df))
     if not (sel["method"] == "path").any():
-        raise ValueError("figure 3: the study has no COMPLETE path-based trials")
+        raise FigureSkipped("figure 3 (the path-based table) needs path-based trials and the study has none "
+                            "(run the paper-path grid)")
     summary = summarize(sel)
     fig, ax = plt.subplots(figsize=(6, 4.2))
     path = summary[summary["hidden_size"].notna()]
+    coll = sel.get("num_collisions")
+    path_c = collisions_phrase(coll[sel["method"] == "path"]) if coll is not None else ""
+    ref_c = collisions_phrase(coll[sel["method"] != "path"]) if coll is not None else ""
     ax.errorbar(path["embedding_params"], path["test_loss_mean"], yerr=path["test_loss_std"].fillna(0.0),
-                marker="o", capsize=3, label="path-based")
+                marker="o", capsize=3, label="path-based" + (f", {path_c}" if path_c else ""))
     for _, r in path.iterrows():
         ax.annotate(f"h={int(r['hidden_size'])}", (r["embedding_params"], r["test_loss_mean"]),
                     textcoords="offset points", xytext=(4, 4), fontsize=7)
     ref = summary[summary["hidden_size"].isna()]
     if len(ref):
         ax.errorbar(ref["embedding_params"], ref["test_loss_mean"], yerr=ref["test_loss_std"].fillna(0.0),
-                    marker="s", ls="none", capsize=3, color="tab:purple", label="QR mult (operation-based)")
+                    marker="s", ls="none", capsize=3, color="tab:purple",
+                    label="QR mult (operation-based)" + (f", {ref_c}" if ref_c else ""))
     log_params_axis(ax)
     ax.set_xlabel("embedding parameters (log scale)")
     ax.set_ylabel("test log loss")
-    ax.set_title("path-based composition: MLP hidden size", fontsize=10)
+    ax.set_title(f"path-based composition: MLP hidden size\n(mean ± std over {seeds_phrase(summary['n'])})",
+                 fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     paths = save_figure(fig, out_dir, STEM, data=sel, summary=summary)

@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Optional, Union, Mapping
 
 import numpy as np
 
-from paper_figures._common import (METHOD_STYLE, log_params_axis, plt, require, save_figure, script_main,
-                                   trials_of)
+from paper_figures._common import (METHOD_STYLE, collisions_phrase, log_params_axis, plt, require, save_figure,
+                                   script_main, trials_of)
 
 __all__ = ["make_figure", "pareto_mask", "label", "main", "STEM"]
 
@@ -57,7 +57,9 @@ def make_figure(study_or_df: Any, out_dir: Union[str, os.PathLike], objective: s
     cmap = plt.get_cmap("tab10")
     for i, (series, part) in enumerate(sorted(df.groupby("series"), key=lambda kv: kv[0])):
         style = METHOD_STYLE.get(series, {"color": cmap(i % 10), "marker": "D"})
-        ax.scatter(part["embedding_params"], part[objective], s=20, alpha=0.75, label=series, **style)
+        counts = collisions_phrase(part["num_collisions"]) if "num_collisions" in part.columns else ""
+        name = f"{series} ({counts})" if counts and series != "full" else series
+        ax.scatter(part["embedding_params"], part[objective], s=20, alpha=0.75, label=name, **style)
     front = df[df["on_front"]].sort_values("embedding_params")
     ax.step(front["embedding_params"], front[objective], where="post", color="black", lw=1.2, label="Pareto front")
     log_params_axis(ax)

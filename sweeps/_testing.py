@@ -111,18 +111,12 @@ def failing_objective(config: Dict[str, Any]) -> Dict[str, Any]:
     return synthetic_objective(config)
 
 
-class TrainingCollapsedError(RuntimeError):
-    """Stand-in for ``dlrm.train.TrainingCollapsedError`` (a run that ended as a constant
-    predictor): a ``RuntimeError`` with the ``reason`` the sweep records."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"training collapsed: {reason}")
-        self.reason = reason
-
-
 def collapsing_objective(config: Dict[str, Any]) -> Dict[str, Any]:
-    """:func:`synthetic_objective`, except that ``method="hash"`` trials collapse, the same way
-    every time (a deterministic failure: retrying it cannot help)."""
+    """:func:`synthetic_objective`, except that ``method="hash"`` trials collapse
+    (:class:`dlrm.train.TrainingCollapsedError`), the same way every time: a deterministic
+    failure, which retrying cannot help."""
+    from dlrm.train import TrainingCollapsedError
+
     if config.get("method") == "hash":
         raise TrainingCollapsedError("constant predictions (test AUC 0.5)")
     return synthetic_objective(config)

@@ -63,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="config field for every trial (value parsed as JSON), e.g. --set max_steps=300")
     r.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval in seconds")
     r.add_argument("--grace", type=int, default=None, help="seconds without heartbeat before a trial is failed")
-    r.add_argument("--max-retry", type=int, default=3, help="retries of a dead worker's trial")
+    r.add_argument("--max-retry", type=int, default=3,
+                   help="retries of a failed trial (its worker died, or it raised); a collapsed training run is "
+                        "not retried, a trial stopped by Ctrl-C does not count")
     r.add_argument("--worker", action="store_true", help="run as one worker (what --workers starts)")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="one line per finished trial and a summary table (default: on, off for --worker)")

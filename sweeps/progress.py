@@ -108,6 +108,8 @@ class ProgressPrinter:
         self._done_keys: Set[str] = set()
         self._done_open = 0
         self._finished_here = 0
+        self._trial_times: List[float] = []
+        self._first_finish: Optional[float] = None
         self._start = time.perf_counter()
         self._full: Optional[float] = None
 
@@ -162,6 +164,11 @@ class ProgressPrinter:
                     continue
                 self._count(t)
                 self._finished_here += 1
+                if self._first_finish is None:
+                    self._first_finish = time.perf_counter()
+                wall = _num(t.user_attrs.get("metrics") or {}, "trial_wall_time_s")
+                if wall is not None:
+                    self._trial_times.append(wall)
                 self._print(self._complete_line(t))
             else:
                 self._print(self._fail_line(t, status))
@@ -171,13 +178,22 @@ class ProgressPrinter:
         return f"[{self._done()}/{total}]"
 
     def _eta(self) -> str:
+        """Remaining trials x the time per finished trial: measured between finishes once more
+        trials than workers have finished (the time from the start would count the workers'
+        start-up and data loading), before that the mean trial time / workers."""
         remaining = self.space.size - self._done()
         if remaining <= 0:
             return "ETA 0:00:00"
         if not self._finished_here:
             return "ETA ?"
-        rate = (time.perf_counter() - self._start) / self._finished_here
-        return f"ETA {format_duration(rate * remaining)}"
+        now = time.perf_counter()
+        if self._first_finish is not None and self._finished_here > max(1, self.workers):
+            per_trial = (now - self._first_finish) / (self._finished_here - 1)
+        elif self._trial_times:
+            per_trial = sum(self._trial_times) / len(self._trial_times) / max(1, self.workers)
+        else:
+            per_trial = (now - self._start) / self._finished_here
+        return f"ETA {format_duration(per_trial * remaining)}"
 
     def _complete_line(self, t: Any) -> str:
         m = t.user_attrs.get("metrics") or {}

@@ -206,8 +206,9 @@ def _run_processes(argv: Sequence[str], count: int, poll: Optional[Callable[[], 
     """Start ``count`` copies of ``argv`` and wait for them, calling ``poll`` every ``poll_s``.
 
     The workers run in process groups of their own, so that a Ctrl-C in the terminal reaches
-    this process only, which then sends each worker one SIGINT (a second one could interrupt its
-    clean-up) and waits for them (SIGKILL after 30 s).
+    this process only, which then sends each worker one SIGTERM and waits for them (SIGKILL after
+    30 s). A worker turns SIGTERM into an interrupt of its trial (FAIL, marked ``interrupted``);
+    one still starting up just ends, silently, where SIGINT would print a traceback.
     """
     env = dict(os.environ)
     # each worker trains on its own core
@@ -232,7 +233,7 @@ def _run_processes(argv: Sequence[str], count: int, poll: Optional[Callable[[], 
         try:
             for p in procs:
                 if p.poll() is None:
-                    p.send_signal(signal.SIGINT)
+                    p.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + 30
             for p in procs:
                 try:

@@ -265,9 +265,23 @@ def start_attrs(config: Mapping[str, Any], version: Optional[str] = None, host: 
                 "hostname": host or socket.gethostname(), "pid": os.getpid()},
     }
     for name in SLICE_ATTRS:
-        attrs[name] = jsonable(config.get(name, 0 if name == "seed" else None))
-    attrs["method"] = attrs["method"] or "full"
+        attrs[name] = jsonable(config.get(name, _train_default(name)))
+    if attrs["method"] == "full" and attrs["num_collisions"] is None:
+        attrs["num_collisions"] = 1  # every category its own row (what figure 1 plots the full table at)
     return attrs
+
+
+def _train_default(name: str) -> Any:
+    """The :class:`dlrm.train.TrainConfig` default of field ``name`` (``None`` for other names), so
+    that a trial records the value it trained with (numbers stay sortable in dashboards)."""
+    import dataclasses
+
+    from dlrm.train import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == name and f.default is not dataclasses.MISSING:
+            return f.default
+    return None
 
 
 def end_attrs(metrics: Mapping[str, Any], wall_time_s: float) -> Dict[str, Any]:

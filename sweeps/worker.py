@@ -82,18 +82,13 @@ def _prune_if_owned(trial: Any, key: Optional[str], when: str) -> None:
 
 
 def collapse_reason(exc: BaseException) -> Optional[str]:
-    """The reason when ``exc`` says the training run collapsed (a ``TrainingCollapsedError``:
-    ``dlrm.train``'s, or any exception class of that name, e.g. a test's stand-in), else ``None``."""
-    try:
-        from dlrm import train as dlrm_train
+    """The reason when ``exc`` is a :class:`dlrm.train.TrainingCollapsedError` (the model died:
+    non-finite loss or weights, constant predictions), else ``None``."""
+    from dlrm.train import TrainingCollapsedError
 
-        cls = getattr(dlrm_train, "TrainingCollapsedError", None)
-    except ImportError:  # pragma: no cover - dlrm is part of this repository
-        cls = None
-    named = any(c.__name__ == "TrainingCollapsedError" for c in type(exc).__mro__)
-    if not named and not (isinstance(cls, type) and isinstance(exc, cls)):
-        return None
-    return str(getattr(exc, "reason", None) or exc)
+    if isinstance(exc, TrainingCollapsedError):
+        return str(getattr(exc, "reason", None) or exc)
+    return None
 
 
 def check_trial_configs(space: SearchSpace, objective_fn: Objective, overrides: Optional[Mapping[str, Any]]) -> None:
@@ -101,24 +96,39 @@ def check_trial_configs(space: SearchSpace, objective_fn: Objective, overrides: 
     (an open search: on its fixed fields), before any trial runs.
 
     Raises:
-        ValueError: the objective refuses a config; the message names the grid point unless the
-            fault is already in the base fields and overrides.
+        ValueError: the objective refuses a config; the message names the override (``--set``)
+            it is about, or else the grid point.
     """
     import optuna
 
     check = getattr(objective_fn, "check_config", None)
     if check is None:
         return
-    base = dict(space.base)
-    base.update(overrides or {})
-    base.setdefault("seed", space.seeds[0])
-    check(base)
-    for label in space.labels():
-        _, config = space.sample(optuna.trial.FixedTrial({"point": label, "seed": space.seeds[0]}), overrides)
+    overrides = dict(overrides or {})
+    configs: List[Tuple[Optional[str], Dict[str, Any]]] = []
+    if space.is_grid:
+        for point in space.labels():
+            fixed = optuna.trial.FixedTrial({"point": point, "seed": space.seeds[0]})
+            configs.append((point, space.sample(fixed, overrides)[1]))
+    else:
+        base = dict(space.base)
+        base.update(overrides)
+        base.setdefault("seed", space.seeds[0])
+        configs.append((None, base))
+    for label, config in configs:
         try:
             check(config)
         except ValueError as exc:
-            raise ValueError(f"grid point {label!r} of space {space.name!r}: {exc}") from None
+            words = str(exc).replace("'", " ").split()
+            culprit = next((k for k in overrides if k in words), None)
+            if culprit is not None:
+                value = overrides[culprit]
+                where = f"--set {culprit}={value if isinstance(value, str) else json.dumps(value)}"
+            elif label is not None:
+                where = f"grid point {label!r} of space {space.name!r}"
+            else:
+                where = f"space {space.name!r}"
+            raise ValueError(f"{where}: {exc}") from None
 
 
 def _trial_objective(space: SearchSpace, objective_fn: Objective,

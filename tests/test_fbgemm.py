@@ -1,4 +1,5 @@
 """The FBGEMM backend and collection equal the torch reference; fused optimizer steps equal torch's."""
+import os
 import zlib
 
 import pytest
@@ -10,6 +11,7 @@ from compemb.functional import embedding_bag_codes as reference_embedding_bag
 from compemb.kernels import BackendUnavailableError, resolve_backend
 from compemb.kernels._fbgemm import BACKEND, exactness_reason, fbgemm_embedding_bag
 from compemb.options import BagOptions
+from compemb.partitions import generalized_qr
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -92,7 +94,11 @@ SPECS = [
     ("full", 50, 4, None, "add", "mean"),
     ("qr_concat", 200, 8, 3, "concat", "sum"),
     ("qr_add", 300, 12, 4, "add", "mean"),
+    ("qr_bp", 120, 8, 7, "mult", "mean", "before_pool"),  # multi-hot: the remainder-class split
+    ("qr_bp_sum", 90, 4, 5, "mult", "sum", "before_pool"),
 ]
+# no concat: every feature on the fused kernels' path
+SMALL_SPECS = [s for s in SPECS if s[4] != "concat"] + [("qr_mean", 77, 4, 3, "mult", "mean", "after_pool")]
 
 
 def _batch(gen, specs=SPECS, B=5, max_len=4):
@@ -107,34 +113,42 @@ def _batch(gen, specs=SPECS, B=5, max_len=4):
     return feats
 
 
-@pytest.mark.parametrize("optimizer", [None, "exact_sgd"])
-def test_collection_forward_and_gradients_equal_torch(optimizer):
-    gen = torch.Generator().manual_seed(zlib.crc32(f"collection {optimizer}".encode()))
+def _fbgemm(specs, native=True, cpu_ops=True, **kwargs):
+    coll = CompositionalEmbeddingBagCollection(specs, backend="fbgemm", **kwargs)
+    coll._backend.use_native = native
+    coll._backend.use_cpu_ops = cpu_ops  # False: the TBE module's own forward (the path off CPU)
+    return coll
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_collection_forward_and_dense_gradients_equal_torch(native):
+    gen = torch.Generator().manual_seed(zlib.crc32(f"collection dense {native}".encode()))
     ref = CompositionalEmbeddingBagCollection(SPECS, backend="torch", seed=3)
-    fb = CompositionalEmbeddingBagCollection(SPECS, backend="fbgemm", optimizer=optimizer, seed=3)
+    fb = _fbgemm(SPECS, native, seed=3)
     for a, b in zip(ref.tables(), fb.tables()):
         assert torch.equal(a.detach(), b.detach())
     feats = _batch(gen)
     want, got = ref(feats), fb(feats)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    if optimizer is None:  # dense TBE: gradients land in .grad of the flat weights
-        g = [torch.randn(w.shape, generator=gen) for w in want]
-        torch.autograd.backward(want, g)
-        torch.autograd.backward(got, g)
-        flat = torch.cat([p.grad.reshape(-1) for p in ref.weights])
-        torch.testing.assert_close(fb.tbe.weights.grad, flat, rtol=1e-5, atol=1e-6)
+    # dense trainable weights: one torch.optim.SGD step on each equals (the gradients are equal)
+    g = [torch.randn(w.shape, generator=gen) for w in want]
+    torch.autograd.backward(want, g)
+    torch.autograd.backward(got, g)
+    for module in (ref, fb):
+        torch.optim.SGD(module.parameters(), lr=0.5).step()
+    for a, b in zip(fb.tables(), ref.tables()):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
 
 
-def _fused_vs_reference(optimizer, steps=2):
-    gen = torch.Generator().manual_seed(zlib.crc32(f"fused {optimizer}".encode()))
+def _fused_vs_reference(optimizer, specs=SPECS, steps=2, native=True, max_len=4, cpu_ops=True):
+    gen = torch.Generator().manual_seed(zlib.crc32(f"fused {optimizer} {native} {max_len}".encode()))
     lr, eps = 0.05, 1e-8
-    ref = CompositionalEmbeddingBagCollection(SPECS, backend="torch", seed=7)
-    fb = CompositionalEmbeddingBagCollection(SPECS, backend="fbgemm", optimizer=optimizer,
-                                             learning_rate=lr, eps=eps, seed=7)
+    ref = CompositionalEmbeddingBagCollection(specs, backend="torch", seed=7)
+    fb = _fbgemm(specs, native, cpu_ops, optimizer=optimizer, learning_rate=lr, eps=eps, seed=7)
     state = [torch.zeros(w.shape[0]) for w in ref.tables()]
     for _ in range(steps):
-        feats = _batch(gen)
+        feats = _batch(gen, specs, max_len=max_len)
         want = ref(feats)
         g = [torch.randn(w.shape, generator=gen) for w in want]
         torch.autograd.backward(want, g)
@@ -147,21 +161,27 @@ def _fused_vs_reference(optimizer, steps=2):
                     state[i] += grad.pow(2).mean(1)
                     w -= lr * grad / (state[i].sqrt() + eps).unsqueeze(1)
                 w.grad = None
-        torch.autograd.backward(fb(feats), g)  # the fused update happens here
+        got = fb(feats)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
+        torch.autograd.backward(got, g)  # the fused update happens here
         for a, b in zip(fb.tables(), ref.tables()):
             torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
     return fb, state
 
 
-def test_fused_exact_sgd_step_equals_torch_sgd():
-    fb, _ = _fused_vs_reference("exact_sgd")
+# (a general feature sends the whole collection down the PyTorch path: native or not is the same)
+@pytest.mark.parametrize("specs, native", [(SPECS, True), (SMALL_SPECS, True), (SMALL_SPECS, False)],
+                         ids=["with-general", "fused-path-native", "fused-path-torch"])
+def test_fused_exact_sgd_step_equals_torch_sgd(specs, native):
+    _fused_vs_reference("exact_sgd", specs, native=native)
+    _fused_vs_reference("exact_sgd", specs, native=native, max_len=1)  # one-hot bags
     # and equals torch.optim.SGD on the same gradients
     gen = torch.Generator().manual_seed(11)
-    ref = CompositionalEmbeddingBagCollection(SPECS, backend="torch", seed=5)
-    fb = CompositionalEmbeddingBagCollection(SPECS, backend="fbgemm", optimizer="exact_sgd",
-                                             learning_rate=0.1, seed=5)
+    ref = CompositionalEmbeddingBagCollection(specs, backend="torch", seed=5)
+    fb = _fbgemm(specs, native, optimizer="exact_sgd", learning_rate=0.1, seed=5)
     opt = torch.optim.SGD(ref.parameters(), lr=0.1)
-    feats = _batch(gen)
+    feats = _batch(gen, specs)
     want = ref(feats)
     g = [torch.randn(w.shape, generator=gen) for w in want]
     torch.autograd.backward(want, g)
@@ -171,10 +191,117 @@ def test_fused_exact_sgd_step_equals_torch_sgd():
         torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_fused_rowwise_adagrad_equals_reference_rowwise_adagrad():
-    fb, state = _fused_vs_reference("exact_rowwise_adagrad", steps=2)
+@pytest.mark.parametrize("native", [True, False])
+def test_fused_rowwise_adagrad_equals_reference_rowwise_adagrad(native):
+    fb, state = _fused_vs_reference("exact_rowwise_adagrad", SMALL_SPECS, steps=2, native=native)
     for a, b in zip(fb.optimizer_states(), state):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    fb, state = _fused_vs_reference("exact_rowwise_adagrad", SPECS, steps=1, native=native)
+    for a, b in zip(fb.optimizer_states(), state):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("optimizer", ["exact_sgd", "exact_rowwise_adagrad"])
+def test_fused_step_through_the_tbe_module_equals_reference(optimizer):
+    # the path off CPU: FBGEMM's module forward, the small tables updated by a gradient hook
+    fb, state = _fused_vs_reference(optimizer, SMALL_SPECS, steps=2, max_len=1, cpu_ops=False)
+    if optimizer == "exact_rowwise_adagrad":
+        for a, b in zip(fb.optimizer_states(), state):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match="remainder-class split.*CPU"):
+        fb(_batch(torch.Generator().manual_seed(0), SMALL_SPECS, max_len=4))
+
+
+def test_small_tables_live_outside_the_tbe():
+    # one TBE table per quotient-remainder feature (its quotient table), the remainders beside it
+    fb = _fbgemm(SMALL_SPECS, optimizer="exact_sgd")
+    assert len(fb.tbe.split_embedding_weights()) == len(SMALL_SPECS)
+    assert fb.small_weight.numel() == sum(s[3] * s[2] for s in SMALL_SPECS if s[3] is not None)
+    assert [tuple(t.shape) for t in fb.tables("qr_mult")] == [(10, 8), (10, 8)]
+
+
+def test_mult_before_pool_multi_hot_equals_torch_by_the_remainder_class_split():
+    # refused before (FBGEMM pools each table on its own); exact now, forward and fused step
+    specs = [("bp", 1000, 8, 6, "mult", "sum", "before_pool"), ("bpm", 37, 4, 36, "mult", "mean", "before_pool")]
+    gen = torch.Generator().manual_seed(5)
+    feats = _batch(gen, specs, B=7, max_len=9)
+    ref = CompositionalEmbeddingBagCollection(specs, backend="torch", seed=2)
+    for native in (True, False):
+        fb = _fbgemm(specs, native, optimizer="exact_sgd", learning_rate=0.1, seed=2)
+        torch.testing.assert_close(fb(feats, concat=True), ref(feats, concat=True).detach(), rtol=1e-5, atol=1e-6)
+    _fused_vs_reference("exact_sgd", specs, steps=2)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.data())
+def test_native_kernels_equal_the_torch_path(data):
+    """Hypothesis: random small-table features, bag lengths (empty bags too) and one fused SGD step."""
+    from compemb.kernels._native import native_unavailable_reason
+
+    if native_unavailable_reason() is not None:
+        pytest.skip(f"native kernels unavailable: {native_unavailable_reason()}")
+    F = data.draw(st.integers(1, 4))
+    specs = []
+    for f in range(F):
+        n = data.draw(st.integers(2, 300))
+        m = data.draw(st.one_of(st.none(), st.integers(2, min(n, 70))))
+        d = data.draw(st.sampled_from([4, 8, 16, 20]))
+        op = data.draw(st.sampled_from(["mult", "add"]))
+        specs.append((f"f{f}", n, d, m, op, data.draw(st.sampled_from(["sum", "mean"])),
+                      data.draw(st.sampled_from(["before_pool", "after_pool"]))))
+    max_len = data.draw(st.sampled_from([1, 3]))
+    seed = data.draw(st.integers(0, 2**31 - 1))
+    feats = _batch(torch.Generator().manual_seed(seed), specs, B=data.draw(st.integers(1, 6)), max_len=max_len)
+    outs, tables = [], []
+    for native in (True, False):
+        fb = _fbgemm(specs, native, optimizer="exact_sgd", learning_rate=0.1, seed=1)
+        out = fb(feats, concat=True)
+        out.backward(torch.linspace(-1, 1, out.numel()).view(out.shape))
+        outs.append(out.detach())
+        tables.append([t.clone() for t in fb.tables()])
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(*tables):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_two_lookups_before_one_backward_each_keep_their_saved_rows():
+    # the in-place composition saves rows in a reused buffer: a second forward must not clobber it
+    specs = SMALL_SPECS[:1] + [("full", 50, 4, None, "add", "sum")]
+    gen = torch.Generator().manual_seed(3)
+    a, b = _batch(gen, specs, max_len=1), _batch(gen, specs, max_len=1)
+    ref = CompositionalEmbeddingBagCollection(specs, backend="torch", seed=4)
+    fb = _fbgemm(specs, optimizer="exact_sgd", learning_rate=0.1, seed=4)
+    (ref(a, concat=True).sum() + 2 * ref(b, concat=True).sum()).backward()
+    with torch.no_grad():
+        for w in ref.tables():
+            w -= 0.1 * w.grad
+    (fb(a, concat=True).sum() + 2 * fb(b, concat=True).sum()).backward()
+    for x, y in zip(fb.tables(), ref.tables()):
+        torch.testing.assert_close(x, y.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_collection_refuses_bad_indices_and_offsets_by_name(native):
+    fb = _fbgemm(SMALL_SPECS[:2], native, optimizer="exact_sgd")
+    ok = torch.tensor([[1], [2]])
+    with pytest.raises(IndexError, match=r"feature 'full': index 50 is out of range for num_embeddings=50"):
+        fb([ok, torch.tensor([[3], [50]])])
+    with pytest.raises(IndexError, match=r"feature 'qr_mult': index -1 is out of range"):
+        fb([torch.tensor([[-1], [2]]), ok])
+    with pytest.raises(ValueError, match=r"feature 'full': offsets\[0\] must be 0"):
+        fb([(torch.tensor([1, 2]), torch.tensor([0, 1, 2]), True), (torch.tensor([1, 2]), torch.tensor([1, 1, 2]), True)])
+    class KJT:
+        def keys(self):
+            return ["qr_mult", "full"]
+
+        def values(self):
+            return torch.tensor([1, 2, 3, 4])
+
+        def offsets(self):
+            return torch.tensor([0, 2, 1, 3, 4])
+
+    with pytest.raises(ValueError, match="non-decreasing"):
+        fb(KJT())
 
 
 def test_collection_inputs_by_name_and_keyed_jagged():
@@ -218,10 +345,18 @@ def test_collection_refuses_by_name():
         CompositionalEmbeddingBagCollection([("a", 10, 4, 2, "add", "sum")], backend="torch",
                                             optimizer="exact_sgd")
     coll = CompositionalEmbeddingBagCollection([("bp", 100, 4, 10, "mult", "sum")])
-    one_hot = coll([(torch.tensor([[3], [77]]), None)])[0]
-    assert one_hot.shape == (2, 4)
-    with pytest.raises(ValueError, match="'bp'.*before_pool"):
-        coll([(torch.tensor([[3, 4], [77, 1]]), None)])
+    assert coll([(torch.tensor([[3], [77]]), None)])[0].shape == (2, 4)
+    assert coll([(torch.tensor([[3, 4], [77, 1]]), None)])[0].shape == (2, 4)  # the remainder-class split
+    gqr = CompositionalEmbeddingBagCollection([("g3", 1000, 4, None, "add", "sum"),
+                                               ("bp3", 1000, 4, generalized_qr(1000, [10, 10, 10]), "mult", "sum")])
+    gqr([(torch.tensor([[3]]), None), (torch.tensor([[3]]), None)])
+    with pytest.raises(ValueError, match="'bp3'.*before_pool.*two tables, got k=3"):
+        gqr([(torch.tensor([[3, 4]]), None), (torch.tensor([[3, 4]]), None)])
+    # tables of 5000 and 2000 rows: too wide to split by class
+    wide = CompositionalEmbeddingBagCollection([("wide", 10_000_000, 4, 2000, "mult", "sum")])
+    assert wide([(torch.tensor([[3]]), None)])[0].shape == (1, 4)
+    with pytest.raises(ValueError, match="'wide'.*at most 1024 rows, got 2000"):
+        wide([(torch.tensor([[3, 4]]), None)])
 
 
 @pytest.mark.parametrize("operation, compose", [("add", "before_pool"), ("concat", "before_pool"),
@@ -251,3 +386,30 @@ def test_module_asking_fbgemm_for_mult_before_pool_is_refused_by_name():
     bag = QREmbeddingBag(100, 4, num_collisions=5, operation="mult", compose="before_pool", backend="fbgemm")
     with pytest.raises(BackendUnavailableError, match="compose='before_pool'"):
         bag(torch.tensor([[1, 2]]))
+
+
+def test_without_a_c_compiler_the_collection_falls_back_to_torch(tmp_path):
+    # a fresh process with no compiler: the kernels do not build, the collection still trains exactly
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "from compemb.collection import CompositionalEmbeddingBagCollection as C\n"
+        "from compemb.kernels._native import native_unavailable_reason\n"
+        "specs = [('q', 100, 4, 4, 'mult', 'sum')]\n"
+        "fb = C(specs, optimizer='exact_sgd', learning_rate=0.5, seed=1)\n"
+        "ref = C(specs, backend='torch', seed=1)\n"
+        "x = torch.tensor([[3, 7], [99, 0]])\n"
+        "fb([x], concat=True).sum().backward()\n"
+        "ref([x], concat=True).sum().backward()\n"
+        "ok = all(torch.allclose(a, b - 0.5 * b.grad) for a, b in zip(fb.tables(), ref.tables()))\n"
+        "print(ok, native_unavailable_reason())\n"
+    )
+    env = dict(os.environ, CC=str(tmp_path / "no-such-cc"), COMPEMB_NATIVE_CACHE=str(tmp_path / "cache"))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    ok, reason = run.stdout.strip().split(" ", 1)
+    assert ok == "True"
+    assert "no C compiler" in reason and "no-such-cc" in reason

@@ -52,9 +52,41 @@ def _complete(study):
     return trials_frame(study, complete_only=True)
 
 
-def test_fig1_rows_are_the_collision_grid_trials(demo_study, tmp_path):
+# ------------------------------------------------------------------------------------ issue 11
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The matplotlib figures the figure scripts save, kept open for inspection."""
+    from paper_figures import _common
+
+    figs = []
+    real_close = _common.plt.close
+
+    def keep(fig=None):
+        figs.append(fig)
+
+    monkeypatch.setattr(_common.plt, "close", keep)
+    yield figs
+    for f in figs:
+        real_close(f)
+
+
+def _titles(fig) -> str:
+    parts = [fig._suptitle.get_text()] if fig._suptitle is not None else []
+    parts += [ax.get_title() for ax in fig.axes]
+    return " | ".join(parts)
+
+
+def _legend(fig):
+    return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+
+
+def test_fig1_rows_are_the_collision_grid_trials(demo_study, tmp_path, drawn):
     _, _, study = demo_study
     paths = fig1_collisions.make_figure(study, tmp_path)
+    title = _titles(drawn[-1])
+    assert "over 2 seeds;" in title and "per point" not in title
     for kind in ("png", "pdf", "csv", "summary_csv"):
         assert paths[kind].exists() and paths[kind].stat().st_size > 0
     _image_ok(paths["png"])
@@ -140,7 +172,7 @@ def test_scripts_run_as_modules_and_the_cli(demo_study, tmp_path):
     rc = fig3_path_table.main(["--study", "paper-path", "--results-dir", str(tmp_path / "r"), "--run-missing",
                                "--seeds", "0", "--objective", SYNTH])
     assert rc == 0
-    table = pd.read_csv(tmp_path / "r" / "figures" / "fig3_path_table.csv")
+    table = pd.read_csv(tmp_path / "r" / "figures" / "paper-path" / "fig3_path_table.csv")
     assert len(table) == len(sp.get_space("paper-path", seeds=(0,)).points)
 
 
@@ -159,102 +191,66 @@ def test_study_with_only_failed_trials_says_so(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-# ------------------------------------------------------------------------------------ issue 11
-
-
-@pytest.fixture
-def drawn(monkeypatch):
-    """The matplotlib figures the figure scripts save, kept open for inspection."""
-    from paper_figures import _common
-
-    figs = []
-    real_close = _common.plt.close
-
-    def keep(fig=None):
-        figs.append(fig)
-
-    monkeypatch.setattr(_common.plt, "close", keep)
-    yield figs
-    for f in figs:
-        real_close(f)
-
-
-def _titles(fig) -> str:
-    parts = [fig._suptitle.get_text()] if fig._suptitle is not None else []
-    parts += [ax.get_title() for ax in fig.axes]
-    return " | ".join(parts)
-
-
-def _legend(fig):
-    return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
-
-
 def test_figures_go_to_a_folder_per_study(demo_study, tmp_path, capsys):
     _, url, _ = demo_study
-    assert figures_main(["fig1", "fig4", "--study", "demo", "--storage", url, "--results-dir", str(tmp_path)]) == 0
-    assert (tmp_path / "figures" / "demo" / "fig1_collisions.png").stat().st_size > 0
+    assert figures_main(["fig4", "--study", "demo", "--storage", url, "--results-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "figures" / "demo" / "fig4_pareto.png").stat().st_size > 0
     assert (tmp_path / "figures" / "demo" / "fig4_pareto.csv").exists()
-    assert not (tmp_path / "figures" / "fig1_collisions.png").exists()
-    assert fig1_collisions.main(["--study", "demo", "--storage", url, "--results-dir", str(tmp_path / "s")]) == 0
-    assert (tmp_path / "s" / "figures" / "demo" / "fig1_collisions.pdf").exists()
+    assert not (tmp_path / "figures" / "fig4_pareto.png").exists()
+    assert fig4_pareto.main(["--study", "demo", "--storage", url, "--results-dir", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s" / "figures" / "demo" / "fig4_pareto.pdf").exists()
 
 
-def test_titles_state_the_real_number_of_seeds_per_point(demo_study, tmp_path, drawn):
+def test_seeds_phrase():
+    from paper_figures._common import seeds_phrase
+
+    assert seeds_phrase([3, 3, 3]) == "3 seeds" and seeds_phrase([1]) == "1 seed"
+    assert seeds_phrase([3, 1, 2, 3]) == "1–3 seeds per point"
+
+
+def test_titles_state_real_seed_counts_and_series_carry_their_collisions(demo_study, tmp_path, drawn):
     _, _, study = demo_study
     df = _complete(study)
-    fig1_collisions.make_figure(df, tmp_path / "a")
-    assert "2 seeds" in _titles(drawn[-1]) and "per point" not in _titles(drawn[-1])
-    # one seed left for the hashing points: the title must not claim two
-    uneven = df[~((df["method"] == "hash") & (df["seed"] == 1))]
+    # one seed left for some points: the titles must not claim two
+    uneven = df[~(df["point"].isin(["hash-c2", "qr-mult-c4-t20", "path-h16-c4"]) & (df["seed"] == 1))]
     for module in (fig1_collisions, fig2_threshold, fig3_path_table):
-        sub = uneven if module is not fig2_threshold else df[~((df["point"] == "qr-mult-c4-t20") & (df["seed"] == 1))]
-        if module is fig3_path_table:
-            sub = df[~((df["point"] == "path-h16-c4") & (df["seed"] == 1))]
-        module.make_figure(sub, tmp_path / module.STEM)
+        module.make_figure(uneven, tmp_path / module.STEM)
         title = _titles(drawn[-1])
         assert "1–2 seeds per point" in title, (module.STEM, title)
         assert "2 seeds)" not in title and "over 2 seeds" not in title
+    fig1, fig2, fig3 = drawn[-3:]
+    legend = _legend(fig1)
+    for series in ("hashing", "QR concat", "QR add", "QR mult"):
+        assert any(t.startswith(series) and "collisions 2, 4, 8" in t for t in legend), (series, legend)
+    # and every compressed point carries its count
+    assert sorted(int(t.get_text()) for t in fig1.axes[0].texts) == sorted([2, 4, 8] * 4)
+    assert all("4 collisions" in t for t in _legend(fig2) if t.startswith("QR"))
+    assert any(t.startswith("path-based") and "4 collisions" in t for t in _legend(fig3))
+    fig4_pareto.make_figure(study, tmp_path)
+    legend = _legend(drawn[-1])
+    assert any(t.startswith("hashing") and "collisions 2, 4, 8" in t for t in legend), legend
+    assert any(t.startswith("QR mult") and "collisions 2, 4, 8" in t for t in legend), legend
 
 
 def test_figure_whose_study_lacks_its_axis_is_skipped_with_one_line(tmp_path, capsys):
     from sweeps._testing import populate_study
 
-    url = default_storage_url("coll", tmp_path)
-    populate_study(sp.get_space("paper-collisions", seeds=(0,)), url, "coll")
-    rc = figures_main(["--study", "coll", "--storage", url, "--results-dir", str(tmp_path)])
+    # full, hash-c4 and qr-mult-c4 at threshold 200: one collision count, one threshold, no path
+    url = default_storage_url("tiny", tmp_path)
+    populate_study(sp.get_space("tiny", seeds=(0,)), url, "tiny")
+    rc = figures_main(["fig1", "fig2", "fig3", "--study", "tiny", "--storage", url, "--results-dir", str(tmp_path)])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    skipped = [l for l in (out + err).splitlines() if "skipped" in l]
-    assert len(skipped) == 2 and "Traceback" not in err, out + err
-    fig2_line = next(l for l in skipped if l.startswith("fig2"))
-    assert "threshold" in fig2_line and "200" in fig2_line
-    assert any(l.startswith("fig3") and "path" in l for l in skipped)
-    assert not (tmp_path / "figures" / "coll" / "fig2_threshold.png").exists()
-    assert (tmp_path / "figures" / "coll" / "fig1_collisions.png").exists()
-    # the script form says the same and succeeds
-    assert fig2_threshold.main(["--study", "coll", "--storage", url, "--results-dir", str(tmp_path)]) == 0
-    assert "skipped" in capsys.readouterr().err
-    # and figure 1 from a thresholds-only study (one collision count) is skipped too
-    url2 = default_storage_url("thr", tmp_path)
-    populate_study(sp.get_space("paper-thresholds", seeds=(0,)), url2, "thr")
+    assert "Traceback" not in err and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 3 and all(": skipped: " in l for l in lines), lines
+    assert lines[0].startswith("fig1: skipped: ") and "collision" in lines[0] and "4 collisions" in lines[0]
+    assert lines[1].startswith("fig2: skipped: ") and "threshold 200" in lines[1]
+    assert lines[2].startswith("fig3: skipped: ") and "path" in lines[2]
+    assert not (tmp_path / "figures" / "tiny").exists()
+    # the script form says the same in one line and succeeds
+    assert fig2_threshold.main(["--study", "tiny", "--storage", url, "--results-dir", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "skipped" in err
     with pytest.raises(fig1_collisions.FigureSkipped, match="collision"):
-        fig1_collisions.make_figure(load_study(url2, "thr"), tmp_path / "t")
-
-
-def test_every_series_is_labelled_with_its_collision_counts(demo_study, tmp_path, drawn):
-    _, _, study = demo_study
-    fig1_collisions.make_figure(study, tmp_path)
-    legend = _legend(drawn[-1])
-    for series in ("hashing", "QR concat", "QR add", "QR mult"):
-        assert any(t.startswith(series) and "2, 4, 8" in t for t in legend), (series, legend)
-    # and every compressed point carries its count
-    loss_ax = drawn[-1].axes[0]
-    assert sorted(int(t.get_text()) for t in loss_ax.texts) == sorted([2, 4, 8] * 4)
-    fig2_threshold.make_figure(study, tmp_path)
-    assert all("4 collisions" in t for t in _legend(drawn[-1]) if t.startswith("QR"))
-    fig3_path_table.make_figure(study, tmp_path)
-    assert any(t.startswith("path-based") and "4 collisions" in t for t in _legend(drawn[-1]))
-    fig4_pareto.make_figure(study, tmp_path)
-    legend = _legend(drawn[-1])
-    assert any(t.startswith("hashing") and "2, 4, 8" in t for t in legend), legend
-    assert any(t.startswith("QR mult") and "2, 4, 8" in t for t in legend), legend
+        fig1_collisions.make_figure(load_study(url, "tiny"), tmp_path / "t")

@@ -114,7 +114,7 @@ def test_through_the_console_entry_point(capsys):
 @pytest.mark.parametrize(
     "args, text",
     [
-        ([], "one of the arguments --criteo-kaggle --cardinalities is required"),
+        ([], "one of the arguments --criteo-kaggle --criteo-terabyte --cardinalities is required"),
         (["--criteo-kaggle", "--dim", "0"], "--dim must be a positive integer, got 0"),
         (["--criteo-kaggle", "--collisions", "-3"], "--collisions must be a positive integer, got -3"),
         (["--criteo-kaggle", "--k", "0"], "--k must be a positive integer, got 0"),

@@ -162,10 +162,16 @@ def test_export_dedupe_keeps_first_complete(tmp_path):
     assert grid_status(study, space).duplicates == {"full/s0": [0, 1]}
 
 
-def test_two_worker_processes_on_sqlite_complete_each_point_once(tmp_path):
+def test_two_worker_processes_on_sqlite_complete_each_point_once(tmp_path, capsys):
     rep = run_sweep("tiny", study_name="two", seeds=(0, 1, 2), objective="sweeps._testing:sleepy_objective",
-                    workers=2, results_dir=tmp_path, heartbeat_interval=2)
+                    workers=2, results_dir=tmp_path, heartbeat_interval=2, show_progress=True)
     assert rep.complete == rep.expected == 9 and rep.duplicates == {}
+    # the parent polls the storage: one line per trial the worker processes finished, then the table
+    lines = capsys.readouterr().out.splitlines()
+    assert "2 workers" in lines[0] and str(tmp_path.resolve() / "two.db") in lines[0]
+    assert [l.split("]")[0] for l in lines if l.startswith("[")] == [f"[{i}/9" for i in range(1, 10)]
+    assert lines[-4].split()[:2] == ["series", "seeds"] and {l.split()[0] for l in lines[-3:]} == {
+        "full", "hash-c4", "qr-mult-c4"}
     study = load_study(default_storage_url("two", tmp_path), "two")
     df = trials_frame(study, complete_only=True)
     assert sorted(df["grid_key"]) == sorted(sp.get_space("tiny", seeds=(0, 1, 2)).grid_keys())
@@ -233,9 +239,9 @@ def test_demo_main_job_with_stand_in_objective(tmp_path, capsys):
                     "--objective", SYNTH])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "demo wall time" in out and str((tmp_path / "figures").resolve()) in out
+    assert "demo wall time" in out and str((tmp_path / "figures" / "demo").resolve()) in out
     for stem in ("fig1_collisions", "fig2_threshold", "fig3_path_table", "fig4_pareto"):
-        assert (tmp_path / "figures" / f"{stem}.png").stat().st_size > 0
+        assert (tmp_path / "figures" / "demo" / f"{stem}.png").stat().st_size > 0
     assert "18 trials trained now, 18/18 complete" in out
     # resuming the demo with other training settings is refused, in one line, not a traceback
     assert demo_main(["--results-dir", str(tmp_path), "--workers", "1", "--seeds", "0", "--objective", SYNTH,
@@ -448,19 +454,19 @@ def _wait_for(path: Path, proc, timeout: float = 60.0) -> None:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ctrl_c_stops_in_one_line_and_the_rerun_resumes_without_counting_it(tmp_path, workers):
-    # a real SIGINT to the sweep's process group (what Ctrl-C in a terminal sends) while every worker is
+    # a real SIGINT to the sweep's process group (what Ctrl-C in a terminal sends) while a worker is
     # inside a trial; --max-retry 0: an interrupted trial counted as a failure would be given up on rerun
     import sys
 
     block = tmp_path / "block"
     block.write_text("hold")
-    argv = [sys.executable, "-m", "sweeps.cli", "run", "--space", "tiny", "--seeds", "0", "--results-dir",
-            str(tmp_path), "--objective", "sweeps._testing:blocking_objective", "--workers", str(workers),
-            "--max-retry", "0", "--heartbeat", "1"]
-    proc = subprocess.Popen(argv, env=_env(COMPEMB_TEST_BLOCK_FILE=block), stdout=subprocess.PIPE,
+    args = ["run", "--space", "tiny", "--seeds", "0", "--results-dir", str(tmp_path),
+            "--objective", "sweeps._testing:blocking_objective", "--max-retry", "0", "--heartbeat", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args, "--workers", str(workers)],
+                            env=_env(COMPEMB_TEST_BLOCK_FILE=block), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=ROOT)
     _wait_for(Path(str(block) + ".started"), proc)
-    time.sleep(0.3)
+    time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err
@@ -468,8 +474,7 @@ def test_ctrl_c_stops_in_one_line_and_the_rerun_resumes_without_counting_it(tmp_
     assert [l for l in err.splitlines() if l.strip()] == [
         "interrupted: 0 of 3 done; re-run the same command to resume"], err
     block.unlink()
-    again = subprocess.run(argv, env=_env(), capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert again.returncode == 0, again.stdout + again.stderr
+    assert sweep_main([*args, "--no-progress"]) == 0  # the rerun (here in-process) resumes
     study = load_study(default_storage_url("tiny", tmp_path), "tiny")
     assert len(grid_status(study, sp.get_space("tiny", seeds=(0,))).done) == 3
     interrupted = [t for t in study.trials if t.user_attrs.get("interrupted")]
@@ -488,11 +493,12 @@ def test_trials_record_method_collisions_operation_threshold_seed_for_dashboards
     for t in study.trials:
         a, cfg = t.user_attrs, t.user_attrs["config"]
         assert a["seed"] == t.params["seed"] == cfg["seed"]
-        assert a["method"] == cfg["method"]
-        for name in ("num_collisions", "operation", "threshold"):
-            assert a[name] == cfg.get(name), name
-        seen.add((a["method"], a["operation"], a["num_collisions"]))
-    assert seen == {("full", None, None), ("hash", None, 4), ("qr", "mult", 4)}
+        assert a["method"] == cfg["method"] and a["operation"] == cfg.get("operation")
+        # what the trial trained with: the full table has 1 collision, an unset threshold is the default 0
+        assert a["num_collisions"] == cfg.get("num_collisions", 1 if cfg["method"] == "full" else None)
+        assert a["threshold"] == cfg.get("threshold", 0)
+        seen.add((a["method"], a["operation"], a["num_collisions"], a["threshold"]))
+    assert seen == {("full", None, 1, 0), ("hash", None, 4, 200), ("qr", "mult", 4, 200)}
     frame = study.trials_dataframe()
     assert {"user_attrs_method", "user_attrs_num_collisions", "user_attrs_operation", "user_attrs_threshold",
             "user_attrs_seed"} <= set(frame.columns)
@@ -514,3 +520,17 @@ def test_collapsed_training_fails_its_trial_with_the_reason_and_is_not_retried(t
     again = run_sweep("tiny", study_name="col", seeds=(0,), objective="sweeps._testing:collapsing_objective",
                       results_dir=tmp_path, max_retry=3)
     assert again.trials_run == 0 and again.given_up == ["hash-c4/s0"]
+
+
+def test_real_training_that_collapses_fails_its_trial_once_with_the_reason(tmp_path):
+    # dlrm.train detects the dead network (a non-finite loss at this learning rate) and raises
+    # TrainingCollapsedError: each trial ends FAIL with that reason, and none is retried
+    overrides = {**TINY, "optimizer": "sgd", "learning_rate": 1e12, "max_steps": 4}
+    rep = run_sweep("tiny", study_name="dead", seeds=(0,), overrides=overrides, results_dir=tmp_path, max_retry=2)
+    assert rep.complete == 0 and sorted(rep.given_up) == sorted(sp.get_space("tiny", seeds=(0,)).grid_keys())
+    study = load_study(default_storage_url("dead", tmp_path), "dead")
+    assert len(study.trials) == 3 and all(t.state.name == "FAIL" for t in study.trials)
+    for t in study.trials:
+        assert t.user_attrs["collapsed"] is True and "non-finite" in t.user_attrs["failure_reason"]
+        assert t.user_attrs["error"].startswith("TrainingCollapsedError: training collapsed: ")
+    assert "training collapsed (not retried)" in rep.summary()

@@ -13,7 +13,7 @@ import pytest
 
 from sweeps import space as sp
 from sweeps.results import trials_frame
-from sweeps.runner import grid_status, load_study, make_storage, run_sweep
+from sweeps.runner import grid_status, load_study, make_storage, redact_url, run_sweep
 
 URL = os.environ.get("COMPEMB_TEST_POSTGRES_URL")
 
@@ -49,10 +49,15 @@ def test_server_is_reachable():
         conn.close()
 
 
-def test_two_workers_complete_every_grid_point_exactly_once(study_name):
+def test_two_workers_complete_every_grid_point_exactly_once(study_name, capsys):
     seeds = (0, 1, 2, 3)
     rep = run_sweep("tiny", storage=URL, study_name=study_name, seeds=seeds,
-                    objective="sweeps._testing:sleepy_objective", workers=2, heartbeat_interval=2)
+                    objective="sweeps._testing:sleepy_objective", workers=2, heartbeat_interval=2,
+                    show_progress=True)
+    out = capsys.readouterr().out
+    # progress read from the server: one line per finished trial, the URL without its password
+    assert redact_url(URL) in out.splitlines()[0]
+    assert [l.split("]")[0] for l in out.splitlines() if l.startswith("[")] == [f"[{i}/12" for i in range(1, 13)]
     space = sp.get_space("tiny", seeds=seeds)
     assert rep.complete == rep.expected == space.size == 12
     study = load_study(URL, study_name)

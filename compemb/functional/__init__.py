@@ -21,7 +21,6 @@ from __future__ import annotations
 import torch  # noqa: F401  (the doctests use it)
 
 from compemb.functional._inputs import (
-    MAX_NUM_EMBEDDINGS,
     UNKNOWN_BAG_LEN,
     BagInput,
     bag_input,
@@ -69,7 +68,6 @@ __all__ = [
     "check_table_size",
     "check_float_tables",
     "jit_unsupported_error",
-    "MAX_NUM_EMBEDDINGS",
     "check_max_norm",
     "check_per_sample_weights_dtype",
 ]

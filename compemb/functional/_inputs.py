@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from compemb.options import MODES, check_mode
+from compemb.partitions import MAX_N
 
 __all__ = [
     "BagInput",
@@ -33,7 +34,6 @@ __all__ = [
     "check_table_size",
     "check_float_tables",
     "jit_unsupported_error",
-    "MAX_NUM_EMBEDDINGS",
     "check_max_norm",
     "check_per_sample_weights_dtype",
 ]
@@ -41,8 +41,6 @@ __all__ = [
 #: a ``bag_len`` not learnt yet: computed where a path needs it (``None`` means bags of unequal length)
 UNKNOWN_BAG_LEN = -1
 
-#: the largest number of categories: indices are int64, so the largest index is ``2**63 - 1``
-MAX_NUM_EMBEDDINGS = 2**63
 _INT64_MAX = 2**63 - 1
 
 
@@ -63,8 +61,8 @@ class BagInput(NamedTuple):
     bag_len: Optional[int]
 
 
-def check_int(name: str, value: Any, minimum: int = 1, owner: str = "") -> int:
-    """``value`` as a Python int ``>= minimum``: any integer ``operator.index`` accepts.
+def check_int(name: str, value: Any, minimum: Optional[int] = 1, owner: str = "") -> int:
+    """``value`` as a Python int ``>= minimum`` (``None``: any): any integer ``operator.index`` accepts.
 
     Python ints, numpy integers (facebookresearch/dlrm passes table sizes as ``np.int64``) and
     0-d integer tensors are accepted; bools (``bool``, ``np.bool_``, bool tensors), floats and
@@ -93,13 +91,14 @@ def check_int(name: str, value: Any, minimum: int = 1, owner: str = "") -> int:
         result = operator.index(value)
     except TypeError:
         raise TypeError(f"{prefix}{name} must be an int, got {value!r} ({type(value).__name__})") from None
-    if result < minimum:
+    if minimum is not None and result < minimum:
         raise ValueError(f"{prefix}{name} must be >= {minimum}, got {result}")
     return result
 
 
 def check_num_embeddings(name: str, value: Any, owner: str = "") -> int:
-    """A number of categories: :func:`check_int` ``>= 1`` and at most ``2**63`` (int64 indices).
+    """A number of categories: :func:`check_int` ``>= 1`` and at most ``compemb.partitions.MAX_N = 2**63``
+    (indices are int64).
 
     Example::
 
@@ -107,10 +106,10 @@ def check_num_embeddings(name: str, value: Any, owner: str = "") -> int:
         9223372036854775808
     """
     n = check_int(name, value, 1, owner)
-    if n > MAX_NUM_EMBEDDINGS:
+    if n > MAX_N:
         prefix = f"{owner}: " if owner else ""
         raise ValueError(
-            f"{prefix}{name}={n} exceeds the int64 index range: at most 2**63 = {MAX_NUM_EMBEDDINGS} "
+            f"{prefix}{name}={n} exceeds the int64 index range: at most 2**63 = {MAX_N} "
             "categories (indices are int64)"
         )
     return n
@@ -128,10 +127,10 @@ def check_table_size(owner: str, what: str, shape: Sequence[int], dtype: Optiona
 
     Example::
 
-        >>> check_table_size("MyBag", "weight", (2**62, 4))
+        >>> check_table_size("MyBag", "weight", (2**62, 4))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: MyBag: the table weight of 4611686018427387904 x 4 float32 would take 73786976294838206464 bytes, more than torch can address (2**63 - 1 bytes); use fewer rows (more collisions) or a smaller width
+        ValueError: MyBag: the table weight of 4611686018427387904 x 4 float32 would take ... bytes, ...
     """
     dtype = torch.get_default_dtype() if dtype is None else dtype
     itemsize = torch.empty((), dtype=dtype, device="meta").element_size()
@@ -179,7 +178,7 @@ def jit_unsupported_error(name: str, how: str) -> RuntimeError:
 
     Example::
 
-        >>> str(jit_unsupported_error("QREmbeddingBag", "torch.jit.script"))[:50]
+        >>> str(jit_unsupported_error("QREmbeddingBag", "torch.jit.script"))[:49]
         'QREmbeddingBag: torch.jit.script is not supported'
     """
     why = {
@@ -260,7 +259,6 @@ def fixed_bag_length(offsets: torch.Tensor, n_idx: int) -> Optional[int]:
     return length if torch.equal(offsets, standard_offsets(num_bags, length, offsets.device)[0]) else None
 
 
-@torch.compiler.disable
 def _fetch(stats: List[torch.Tensor]) -> List[int]:
     """The integer values of 0-d tensors, with at most one device-to-host copy."""
     if not stats:
@@ -303,6 +301,14 @@ def module_bag_input(
 
     ``module`` is any ``nn.Module`` with those four attributes (``weight`` a tensor).
     """
+    if torch.compiler.is_compiling():  # (see bag_input)
+        return torch._dynamo.disable(_module_bag_input)(module, input, offsets, per_sample_weights)
+    return _module_bag_input(module, input, offsets, per_sample_weights)
+
+
+def _module_bag_input(
+    module: Any, input: torch.Tensor, offsets: Optional[torch.Tensor], per_sample_weights: Optional[torch.Tensor]
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     name = type(module).__name__
     flat, offsets, per_sample_weights = normalize_bag_input(
         input, offsets, per_sample_weights, include_last_offset=module.include_last_offset,
@@ -364,6 +370,24 @@ def bag_input(
         >>> got.offsets.tolist(), got.bag_len
         ([0, 1, 3], None)
     """
+    if torch.compiler.is_compiling():
+        # the checks copy values to the host: under torch.compile they run outside the graph
+        # (one graph break, no recompilation per module, no Tensor.item() warnings)
+        return torch._dynamo.disable(_bag_input)(
+            input, offsets, per_sample_weights, include_last_offset, mode, num_embeddings, name
+        )
+    return _bag_input(input, offsets, per_sample_weights, include_last_offset, mode, num_embeddings, name)
+
+
+def _bag_input(
+    input: torch.Tensor,
+    offsets: Optional[torch.Tensor],
+    per_sample_weights: Optional[torch.Tensor],
+    include_last_offset: bool,
+    mode: str,
+    num_embeddings: Optional[int],
+    name: str,
+) -> BagInput:
     if torch.jit.is_tracing():
         raise jit_unsupported_error(name, "torch.jit.trace")
     if not isinstance(input, torch.Tensor):

@@ -30,6 +30,19 @@ from compemb.partitions.constructors import (
     naive,
     quotient_remainder,
 )
+from compemb.partitions.data_aware import (
+    ClusteredFamily,
+    ColdPartition,
+    DataAwareFamily,
+    FrequencyAwareFamily,
+    HotPartition,
+    RelabelledFamily,
+    RelabelledPartition,
+    clustered,
+    count_indices,
+    frequency_aware,
+    most_frequent,
+)
 from compemb.partitions.family import PartitionFamily, split_dim
 from compemb.partitions.kinds import (
     DigitPartition,
@@ -66,4 +79,16 @@ __all__ = [
     "family_for_method",
     "split_dim",
     "OPERATIONS",
+    # data-aware families
+    "DataAwareFamily",
+    "HotPartition",
+    "ColdPartition",
+    "FrequencyAwareFamily",
+    "RelabelledPartition",
+    "RelabelledFamily",
+    "ClusteredFamily",
+    "count_indices",
+    "most_frequent",
+    "frequency_aware",
+    "clustered",
 ]

@@ -45,7 +45,7 @@ def undecidable(what: str, n: int) -> UndecidableError:
 # -- argument checks ----------------------------------------------------------------------------
 def as_int(value: object, name: str) -> int:
     """``value`` as a Python int (ints, numpy ints, one-element integer tensors); bools refused."""
-    if isinstance(value, (bool, np.bool_)):
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
         raise TypeError(f"{name} must be an integer, got {value!r} (bool)")
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
         value = int(value)
