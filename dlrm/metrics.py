@@ -145,3 +145,15 @@ class JsonLinesWriter:
     def write(self, record: Mapping) -> None:
         if self.path is not None:
             write_jsonl(self.path, record)
+
+    def size(self) -> Optional[int]:
+        """Bytes in the file now (0 when it does not exist yet; ``None`` without a path)."""
+        if self.path is None:
+            return None
+        return os.path.getsize(self.path) if os.path.exists(self.path) else 0
+
+    def truncate(self, size: int) -> None:
+        """Cut the file back to its first ``size`` bytes (what :meth:`size` said at some point)."""
+        if self.path is not None and os.path.exists(self.path):
+            with open(self.path, "r+b") as fh:
+                fh.truncate(int(size))

@@ -311,7 +311,7 @@ def dot_interaction(vectors: torch.Tensor, itself: bool = False) -> torch.Tensor
     return z[:, li, lj]
 
 
-def _build_table(spec, dlrm_compatible_qr: bool, sparse: bool) -> nn.Module:
+def _build_table(spec, dlrm_compatible_qr: bool, sparse: bool, counts: Any = None) -> nn.Module:
     if dlrm_compatible_qr and spec.method == "qr":
         from compemb.modules import QREmbeddingBag
 
@@ -327,7 +327,7 @@ def _build_table(spec, dlrm_compatible_qr: bool, sparse: bool) -> nn.Module:
         )
     from compemb.config import build_embedding_bag
 
-    return build_embedding_bag(spec, sparse=sparse)
+    return build_embedding_bag(spec, sparse=sparse, counts=counts)
 
 
 @torch.no_grad()
@@ -410,6 +410,8 @@ class DLRM(nn.Module):
         device: where a collection's tables are built (``config.collection_backend``; the
             triton backend on CUDA needs its tables there from the start). The rest is built on
             the CPU: move the model with ``.to(device)`` as usual.
+        counts: ``{table name: (n,) occurrence counts of the training split}`` for ``freq``
+            tables (:func:`dlrm.counts.training_counts`); the other tables ignore it.
 
     Shape:
         dense: ``(B, num_dense)`` float; ``indices[i]``: 1-D int64 ids of table ``i``;
@@ -425,7 +427,8 @@ class DLRM(nn.Module):
         torch.Size([3])
     """
 
-    def __init__(self, config: DLRMConfig, device: Union[str, torch.device, None] = None) -> None:
+    def __init__(self, config: DLRMConfig, device: Union[str, torch.device, None] = None,
+                 counts: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
         if not isinstance(config, DLRMConfig):
             raise TypeError(f"config must be a DLRMConfig, got {type(config).__name__}")
@@ -448,7 +451,8 @@ class DLRM(nn.Module):
                 if config.interaction == "dot" and spec.embedding_dim != d:
                     self.projections[str(i)] = nn.Linear(spec.embedding_dim, d, bias=False)
         for i, spec in enumerate(config.tables if self.collection is None else []):
-            self.embeddings.append(_build_table(spec, config.dlrm_compatible_qr, config.sparse))
+            self.embeddings.append(_build_table(spec, config.dlrm_compatible_qr, config.sparse,
+                                                (counts or {}).get(spec.name)))
             self.table_widths.append(0)
             self._adopt_table(i)
         if config.interaction == "dot":
@@ -517,6 +521,17 @@ class DLRM(nn.Module):
     def embedding_parameters(self) -> int:
         """Parameters (trainable entries) of all embedding tables."""
         return sum(self.table_parameters().values())
+
+    def embedding_bytes(self) -> int:
+        """Bytes of all embedding tables' parameters (their dtypes' sizes), projections excluded."""
+        if self.collection is not None:
+            return sum(w.numel() * w.element_size() for spec in self.config.tables
+                       for w in self.collection.tables(spec.name))
+        return sum(p.numel() * p.element_size() for bag in self.embeddings for p in bag.parameters())
+
+    def full_table_parameters(self) -> int:
+        """Parameters the tables would have uncompressed: ``sum(rows * embedding_dim)``."""
+        return sum(int(spec.num_embeddings) * int(spec.embedding_dim) for spec in self.config.tables)
 
     def mlp_parameters(self) -> int:
         """Parameters of the bottom MLP, the top MLP and the width projections."""

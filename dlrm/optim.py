@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 if TYPE_CHECKING:
-    from dlrm.model import DLRM
+    from dlrm.models import RecModel
     from dlrm.train import TrainConfig
 
 __all__ = [
@@ -85,8 +85,11 @@ class Optimizers:
             opt.zero_grad(set_to_none=True)
 
     def step(self) -> None:
-        for opt in self.optimizers:
-            opt.step()
+        # torch's sparse Adagrad builds its update tensors without choosing whether their
+        # invariants are checked, and warns so; they are well formed: opt out, explicitly
+        with torch.sparse.check_sparse_tensor_invariants(enable=False):
+            for opt in self.optimizers:
+                opt.step()
 
     def state_dict(self) -> List[Dict[str, Any]]:
         return [opt.state_dict() for opt in self.optimizers]
@@ -98,7 +101,7 @@ class Optimizers:
             opt.load_state_dict(state)
 
 
-def _check_fused_model(name: str, model: DLRM) -> None:
+def _check_fused_model(name: str, model: RecModel) -> None:
     """The model's collection must be the one that fuses optimizer ``name``."""
     backend, fused = FUSED_OPTIMIZER_BACKENDS[name]
     coll = model.collection
@@ -107,8 +110,9 @@ def _check_fused_model(name: str, model: DLRM) -> None:
                          f"and fused_optimizer={fused!r} (build_model does this)")
 
 
-def build_optimizer(config: TrainConfig, model: DLRM) -> Optimizers:
+def build_optimizer(config: TrainConfig, model: RecModel) -> Optimizers:
     """The optimizer(s) for ``model`` as ``config`` (its ``optimizer`` and ``learning_rate``) asks."""
+    assert config.learning_rate is not None  # TrainConfig resolves the default
     lr = float(config.learning_rate)
     name = config.optimizer
     params = list(model.parameters())

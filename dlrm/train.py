@@ -3,8 +3,13 @@
 :func:`train` takes a :class:`TrainConfig` and returns the final metrics as a plain dict (what
 :mod:`sweeps` records per Optuna trial). Same config, same machine, same thread count: same
 weights, bit for bit; a run killed and resumed from its checkpoint (:mod:`dlrm.checkpoint`) ends
-as an uninterrupted one. Test metrics come from the weights of the best validation loss
-(``test_with="best"``) or the final weights. Optimizers are built by :mod:`dlrm.optim`.
+as an uninterrupted one, its log included. Test metrics come from the weights of the best
+validation loss (``test_with="best"``) or the final weights. Optimizers are built by :mod:`dlrm.optim`.
+
+A run whose model dies (non-finite loss or weights, or the same prediction for every validation or
+test sample) raises :class:`TrainingCollapsedError` instead of returning a result. What would fail
+later (the device, the log file, the checkpoint directory) is refused before any work
+(:func:`preflight`).
 
 Example::
 
@@ -20,8 +25,8 @@ import dataclasses
 import math
 import os
 import random
+import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -30,9 +35,11 @@ import torch
 
 from compemb.options import METHODS as METHODS
 from compemb.options import check_choice, check_method
-from dlrm.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
+from dlrm.accounting import compression_metrics, compression_summary
+from dlrm.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from dlrm.metrics import JsonLinesWriter, binary_metrics
 from dlrm.model import COLLECTION_BACKENDS, DLRM, DLRMConfig, table_specs
+from dlrm.models import RecModel, build_table_model, check_model_config
 from dlrm.optim import (
     FUSED_OPTIMIZER_BACKENDS,
     OPTIMIZERS,
@@ -42,18 +49,21 @@ from dlrm.optim import (
     fused_optimizer_for,
 )
 
-# torch's sparse Adagrad builds its update with invariant checks off and says so on every run;
-# the tensors it builds are its own, so the notice is noise to a user of `compemb train`.
-warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
-
 __all__ = [
     "TrainConfig",
     "TrainState",
+    "TrainingCollapsedError",
+    "CheckpointError",
     "train",
+    "preflight",
+    "check_device",
+    "model_summary",
     "build_model",
     "build_optimizer",
     "evaluate",
     "OPTIMIZERS",
+    "DEFAULT_LEARNING_RATES",
+    "DEFAULT_WARMUP_STEPS",
     "EMBEDDING_COLLECTIONS",
     "TEST_WITH",
     "CHECKPOINT_NAME",
@@ -63,9 +73,96 @@ __all__ = [
 
 #: ``TrainConfig.embedding_collection`` values (``None``: one module per table)
 EMBEDDING_COLLECTIONS: Tuple[Optional[str], ...] = tuple(COLLECTION_BACKENDS)
+#: the learning rate of each optimizer when none is given (``TrainConfig.learning_rate=None``,
+#: ``compemb train`` without ``--learning-rate``)
+#: (Adagrad 0.05 trains MovieLens-100k best in one epoch among 0.01-0.05; SGD 0.1 is DLRM's Kaggle
+#: setting; Adam's usual 0.001 matches its 0.05 there and is safe elsewhere)
+DEFAULT_LEARNING_RATES: Dict[str, float] = {
+    "sgd": 0.1, "adagrad": 0.05, "adam": 0.001, "amsgrad": 0.001,
+    "rowwise_adagrad_fbgemm": 0.05, "sgd_triton_fused": 0.1,
+}
+#: default ``TrainConfig.warmup_steps``: enough to keep Adagrad's sign-sized first steps from
+#: blowing up DLRM's 512-wide MLPs (loss 1000 at step 2 without it), negligible in an epoch
+DEFAULT_WARMUP_STEPS = 50
 #: ``TrainConfig.test_with``: the weights the test split is evaluated with
 TEST_WITH: Tuple[str, ...] = ("best", "final")
 _VAL_KEYS = ("val_loss", "val_auc", "val_accuracy")
+#: predictions spread less than this over a whole split count as constant (below float32's
+#: resolution of probabilities near 0.5: the model's output no longer depends on its input)
+CONSTANT_SPREAD = 1e-7
+
+
+class TrainingCollapsedError(RuntimeError):
+    """A training run whose model died: a non-finite loss or weight, or the same prediction for
+    every sample of the validation or test split. Its metrics would be no result.
+
+    Attributes:
+        reason: what was found, where and at which step.
+
+    Example::
+
+        >>> err = TrainingCollapsedError("training loss is nan at step 3")
+        >>> str(err), err.reason
+        ('training collapsed: training loss is nan at step 3', 'training loss is nan at step 3')
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"training collapsed: {reason}")
+        self.reason = str(reason)
+
+    def __reduce__(self) -> Tuple[Any, Tuple[str]]:  # pickles (to sweep workers) with its reason intact
+        return type(self), (self.reason,)
+
+
+def _check_device_name(device: Any) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
+
+
+def check_device(device: Any) -> torch.device:
+    """``device`` as a :class:`torch.device`, refused with the reason when it cannot be used here.
+
+    Raises:
+        ValueError: not a device name, or a device this torch build or machine lacks
+            (``'cuda'`` on a CPU build or without a visible GPU, an index past the device count).
+    """
+    dev = _check_device_name(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA device is visible")
+            raise ValueError(f"device {str(device)!r} is unavailable: {why} (torch {torch.__version__}); "
+                             "use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {str(device)!r} is unavailable: {count} CUDA device(s) visible")
+    elif dev.type not in ("cpu", "meta"):
+        backend = getattr(torch.backends, dev.type, None) or getattr(torch, dev.type, None)
+        available = getattr(backend, "is_available", None)
+        if available is None or not available():
+            raise ValueError(f"device {str(device)!r} is unavailable here (torch {torch.__version__}); use --device cpu")
+    return dev
+
+
+def _check_embedding_options(method: str, embedding_dim: int, options: Dict[str, Any]) -> None:
+    """Validate the table options as a compressed table would take them, even when no table is
+    large enough to be compressed (a bad value is a mistake either way)."""
+    from compemb.config import EmbeddingBagConfig
+
+    fields = {f.name for f in dataclasses.fields(EmbeddingBagConfig)}
+    unknown = sorted(set(options) - (fields - {"name", "num_embeddings", "embedding_dim", "method"}))
+    if unknown:
+        raise ValueError(f"embedding_options has unknown fields {unknown}; the table options are "
+                         f"{sorted(fields - {'name', 'num_embeddings', 'embedding_dim', 'method'})}")
+    try:
+        EmbeddingBagConfig(name="embedding_options", num_embeddings=1, embedding_dim=embedding_dim,
+                           method=method, **options)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 @dataclass
@@ -92,7 +189,13 @@ class TrainConfig:
             (``concat`` is ``2d`` wide and gets projected).
         table_overrides: ``{table name: {field: value}}`` applied to the derived table specs.
         optimizer: ``sgd | adagrad | adam | amsgrad | rowwise_adagrad_fbgemm | sgd_triton_fused``.
-        learning_rate, batch_size, epochs: as usual. eval_batch_size: default ``4 * batch_size``.
+        learning_rate: ``None``: the optimizer's default, :data:`DEFAULT_LEARNING_RATES`.
+        warmup_steps: the learning rate rises linearly from ``learning_rate / warmup_steps`` to
+            ``learning_rate`` over the first this many steps (DLRM's ``--lr-num-warmup-steps``; 0:
+            off). Adagrad's first step moves every weight by the full learning rate whatever its
+            gradient; the warm-up keeps that from blowing up wide MLPs. A fused optimizer's
+            tables (``rowwise_adagrad_fbgemm``, ``sgd_triton_fused``) train at the full rate.
+        batch_size, epochs: as usual. eval_batch_size: default ``4 * batch_size``.
         eval_every: evaluate every this many steps (``None``/0: every epoch end).
         early_stopping_patience: evaluations without improvement before stopping (``None``: off).
         max_steps: stop after this many optimizer steps in total (``None``: no cap).
@@ -107,6 +210,12 @@ class TrainConfig:
         embedding_collection: ``None`` (one module per table), ``"fbgemm"`` or ``"triton"``: serve
             all tables from one table-batched collection (methods full, qr, gqr, crt;
             sum/mean pooling); dense table gradients.
+        model: the model family, one of :data:`dlrm.models.MODELS`: ``"dlrm"`` (default), ``"mf"``,
+            ``"fm"`` or ``"ncf"`` (:mod:`dlrm.models`; same loop, data and metrics, any table method).
+        model_options: the family's options (:data:`dlrm.models.MODEL_OPTIONS`), e.g.
+            ``{"features": ["user_id", "item_id"], "first_order": "tied"}``.
+        recluster_every: re-cluster the ``cluster`` tables every this many steps
+            (:mod:`dlrm.recluster`; ``None``/0: never; no effect on other methods).
     """
 
     dataset: str = "movielens-100k"
@@ -124,7 +233,8 @@ class TrainConfig:
     dlrm_compatible_qr: bool = False
     table_overrides: dict = field(default_factory=dict)
     optimizer: str = "adagrad"
-    learning_rate: float = 0.05
+    learning_rate: Optional[float] = None
+    warmup_steps: int = DEFAULT_WARMUP_STEPS
     batch_size: int = 128
     eval_batch_size: Optional[int] = None
     epochs: int = 1
@@ -139,6 +249,9 @@ class TrainConfig:
     device: str = "cpu"
     test_with: str = "best"
     embedding_collection: Optional[str] = None
+    model: str = "dlrm"
+    model_options: dict = field(default_factory=dict)
+    recluster_every: Optional[int] = None
 
     def __post_init__(self) -> None:
         self.bottom_mlp = tuple(int(x) for x in self.bottom_mlp)
@@ -149,6 +262,8 @@ class TrainConfig:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_method(self.method)
         check_choice("test_with", self.test_with, TEST_WITH)
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
         for name in ("batch_size", "epochs", "embedding_dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -158,9 +273,20 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be None or a non-negative int, got {value!r}")
+        if self.learning_rate is None:
+            self.learning_rate = DEFAULT_LEARNING_RATES[self.optimizer]
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0
                 and math.isfinite(self.learning_rate)):
             raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or self.threshold < 0:
+            raise ValueError(f"threshold must be a non-negative int, got {self.threshold!r}")
+        t = self.md_temperature
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0):
+            raise ValueError(f"md_temperature must be None or a finite number >= 0, got {t!r}")
+        _check_device_name(self.device)
+        _check_embedding_options(self.method, self.embedding_dim, self.embedding_options)
         if self.optimizer == "amsgrad" and self.sparse:
             raise ValueError("optimizer 'amsgrad' has no sparse variant in torch; use sparse=False")
         check_choice("embedding_collection", self.embedding_collection, EMBEDDING_COLLECTIONS)
@@ -171,6 +297,7 @@ class TrainConfig:
         if self.collection_backend is not None and (self.sparse or self.dlrm_compatible_qr):
             raise ValueError(f"embedding_collection={self.collection_backend!r} excludes sparse=True and "
                              "dlrm_compatible_qr (the collection's table gradients are dense)")
+        self.model_options = check_model_config(self)
 
     @property
     def collection_backend(self) -> Optional[str]:
@@ -192,8 +319,10 @@ def _sparse_for(config: TrainConfig) -> bool:
     return config.optimizer in ("sgd", "adagrad", "adam")
 
 
-def build_model(config: TrainConfig, dataset: Any) -> DLRM:
-    """The :class:`DLRM` that ``config`` describes for ``dataset`` (seeded by ``config.seed``)."""
+def build_model(config: TrainConfig, dataset: Any) -> RecModel:
+    """The model that ``config`` describes for ``dataset`` (seeded by ``config.seed``): a
+    :class:`DLRM`, or the family ``config.model`` of :mod:`dlrm.models`. Tables of method ``freq``
+    are built from the training split's counts (:func:`dlrm.counts.training_counts`)."""
     names = list(getattr(dataset, "feature_names", None) or
                  [f"t{i}" for i in range(len(dataset.cardinalities))])
     specs = table_specs(
@@ -213,7 +342,14 @@ def build_model(config: TrainConfig, dataset: Any) -> DLRM:
             raise ValueError(f"optimizer 'rowwise_adagrad_fbgemm' is unavailable: {reason}")
     fused = fused_optimizer_for(config.optimizer)
     collection = config.collection_backend
+    from dlrm.counts import training_counts
+
+    counts = training_counts(dataset, specs)
     torch.manual_seed(config.seed)
+    if config.model != "dlrm":
+        family = build_table_model(config.model, specs, names, num_dense, options=config.model_options,
+                                   default_mlp=config.top_mlp[:-1], sparse=_sparse_for(config), counts=counts)
+        return family.to(config.device)
     model_config = DLRMConfig(
         num_dense=num_dense,
         bottom_mlp=config.bottom_mlp if num_dense > 0 else (),
@@ -225,10 +361,11 @@ def build_model(config: TrainConfig, dataset: Any) -> DLRM:
         dlrm_compatible_qr=config.dlrm_compatible_qr,
         sparse=_sparse_for(config) and collection is None,
         fused_optimizer=fused[1] if fused is not None else None,
-        fused_learning_rate=float(config.learning_rate),
+        fused_learning_rate=float(config.learning_rate or DEFAULT_LEARNING_RATES[config.optimizer]),
         collection_backend=collection,
     )
-    return DLRM(model_config, device=config.device if collection is not None else None).to(config.device)
+    return DLRM(model_config, device=config.device if collection is not None else None,
+                counts=counts).to(config.device)
 
 
 # -- evaluation ----------------------------------------------------------------------------------
@@ -242,9 +379,8 @@ def _to_device(batch: Any, device: torch.device | str) -> Tuple[torch.Tensor, Li
 
 
 @torch.no_grad()
-def evaluate(model: DLRM, split: Any, batch_size: int, device: torch.device | str = "cpu",
-             prefix: str = "") -> Dict[str, float]:
-    """Log loss, ROC AUC and accuracy of ``model`` on a data split."""
+def _predict(model: RecModel, split: Any, batch_size: int, device: torch.device | str) -> Tuple[np.ndarray, np.ndarray]:
+    """``(labels, probabilities)`` of ``model`` on a whole split."""
     was_training = model.training
     model.eval()
     probs: List[np.ndarray] = []
@@ -258,7 +394,122 @@ def evaluate(model: DLRM, split: Any, batch_size: int, device: torch.device | st
         model.train(was_training)
     if not probs:
         raise ValueError("cannot evaluate on an empty split")
-    return binary_metrics(np.concatenate(labels), np.concatenate(probs), prefix=prefix)
+    return np.concatenate(labels), np.concatenate(probs)
+
+
+def evaluate(model: RecModel, split: Any, batch_size: int, device: torch.device | str = "cpu",
+             prefix: str = "") -> Dict[str, float]:
+    """Log loss, ROC AUC and accuracy of ``model`` on a data split."""
+    labels, probs = _predict(model, split, batch_size, device)
+    return binary_metrics(labels, probs, prefix=prefix)
+
+
+def _check_predictions(probs: np.ndarray, split: str, step: int) -> None:
+    """Raise :class:`TrainingCollapsedError` when the predictions on a split are non-finite or constant."""
+    bad = ~np.isfinite(probs)
+    if bad.any():
+        raise TrainingCollapsedError(f"the model predicts {probs[bad][0]} for {int(bad.sum())} of {probs.size} "
+                                     f"{split} samples at step {step} (non-finite output)")
+    spread = float(probs.max() - probs.min())
+    if spread < CONSTANT_SPREAD:
+        raise TrainingCollapsedError(
+            f"the model predicts the same probability {float(probs[0]):.6g} for all {probs.size} {split} samples "
+            f"at step {step} (spread {spread:.1g} < {CONSTANT_SPREAD:g}): its output no longer depends on its "
+            "input (dead ReLUs or vanished embeddings); try a smaller learning rate or another seed")
+
+
+def _check_weights(model: RecModel, step: int) -> None:
+    """Raise :class:`TrainingCollapsedError` naming the first parameter with a non-finite entry."""
+    for name, p in model.named_parameters():
+        finite = torch.isfinite(p.detach())
+        if not bool(finite.all()):
+            raise TrainingCollapsedError(f"{int((~finite).sum())} non-finite weight(s) in {name} at step {step}")
+
+
+def model_summary(model: RecModel) -> str:
+    """One line on the model's size: embedding parameters, their megabytes, the compression ratio
+    against full tables, and the MLP parameters.
+
+    Example::
+
+        >>> from dlrm.model import DLRMConfig, table_specs
+        >>> line = model_summary(DLRM(DLRMConfig(2, (4,), (1,), table_specs([100], 4, "qr", num_collisions=4))))
+        >>> line.split("; ")[:2]
+        ['embedding parameters 116 (0.000 MB) in 1 table (1 compressed)', 'full tables 400 (0.002 MB): compression 3.45x']
+    """
+    emb, full = model.embedding_parameters(), model.full_table_parameters()
+    nbytes = model.embedding_bytes()
+    per_param = nbytes / emb if emb else 4.0
+    tables = model.config.tables
+    compressed = sum(1 for t in tables if t.method != "full")
+    ratio = full / emb if emb else math.inf
+    return (f"embedding parameters {emb:,} ({nbytes / 1e6:.3f} MB) in {len(tables)} table{'s' if len(tables) != 1 else ''} "
+            f"({compressed} compressed); full tables {full:,} ({full * per_param / 1e6:.3f} MB): "
+            f"compression {ratio:.2f}x; MLP parameters {model.mlp_parameters():,}")
+
+
+def _check_directory(what: str, directory: str) -> None:
+    """Create ``directory`` if needed and check that files can be written in it."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except FileExistsError:
+        raise ValueError(f"{what} {directory} is not a directory (a file of that name is in the way)") from None
+    except NotADirectoryError:
+        raise ValueError(f"{what} {directory} cannot be created: a file is in the way on its path "
+                         "(part of it is not a directory)") from None
+    except OSError as exc:
+        raise ValueError(f"{what} {directory} cannot be created ({exc.strerror or exc})") from None
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{what} {directory} is not writable ({exc.strerror or exc})") from None
+
+
+def _check_backend(config: TrainConfig) -> None:
+    """A kernel backend asked for by name must serve the compressed tables on ``config.device``:
+    build one small such table there and run it once (what building the model would do)."""
+    backend = config.embedding_options.get("backend")
+    if backend in (None, "torch", "auto") or config.method in ("full", "hash", "md", "path"):
+        return
+    from compemb.config import EmbeddingBagConfig, build_embedding_bag
+
+    spec = EmbeddingBagConfig(name="backend probe", num_embeddings=4096, embedding_dim=config.embedding_dim,
+                              method=config.method, **config.embedding_options)
+    bag = build_embedding_bag(spec, device=config.device)
+    with torch.no_grad():
+        bag(torch.zeros(1, dtype=torch.long, device=config.device),
+            torch.zeros(1, dtype=torch.long, device=config.device))
+
+
+def preflight(config: TrainConfig) -> None:
+    """Refuse now, before data is loaded or a step is trained, what would fail later: a device
+    this machine lacks, a log file that cannot be written (a directory, a read-only place), a
+    checkpoint directory that cannot be (a file, read-only). Creates the checkpoint directory and
+    the log file's directory.
+
+    Raises:
+        ValueError: naming the device or path and the reason.
+        compemb.kernels.BackendUnavailableError: the kernel backend named in the table options
+            cannot serve the tables on this device (with the reason).
+    """
+    check_device(config.device)
+    _check_backend(config)
+    if config.checkpoint_dir is not None:
+        _check_directory("checkpoint directory", config.checkpoint_dir)
+        ckpt = os.path.join(config.checkpoint_dir, CHECKPOINT_NAME)
+        if os.path.isdir(ckpt):
+            raise ValueError(f"checkpoint {ckpt} is a directory; remove it or use another --checkpoint-dir")
+    if config.log_path is not None:
+        log = config.log_path
+        if os.path.isdir(log):
+            raise ValueError(f"log file {log} is a directory; give a file path (e.g. {os.path.join(log, 'log.jsonl')})")
+        _check_directory("log file directory", os.path.dirname(os.path.abspath(log)))
+        try:
+            with open(log, "a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"log file {log} cannot be written ({exc.strerror or exc})") from None
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -273,7 +524,8 @@ class TrainState:
 
     ``best_model`` holds the weights of the best validation loss (early-stopping state) and
     ``history`` one record per evaluation; ``running_loss / running_n`` is the mean training loss
-    since the last evaluation.
+    since the last evaluation; ``log_bytes`` the size of the log file when the state was saved (a
+    resumed run cuts the log back to it: records written after the checkpoint are written again).
     """
 
     step: int = 0
@@ -293,6 +545,7 @@ class TrainState:
     running_loss: float = 0.0
     running_n: int = 0
     best_metrics: Optional[Dict[str, float]] = None
+    log_bytes: Optional[int] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """The fields as a dict (no copies: the best weights are large)."""
@@ -310,7 +563,7 @@ class TrainState:
 class _Run:
     """One training run: the model, its optimizer, the loop's state and its checkpoint."""
 
-    def __init__(self, config: TrainConfig, model: DLRM, optimizer: Optimizers, splits: Tuple[Any, Any, Any],
+    def __init__(self, config: TrainConfig, model: RecModel, optimizer: Optimizers, splits: Tuple[Any, Any, Any],
                  device: torch.device) -> None:
         self.config, self.model, self.optimizer, self.device = config, model, optimizer, device
         self.train_split, self.val_split, self.test_split = splits
@@ -324,7 +577,7 @@ class _Run:
             os.makedirs(config.checkpoint_dir, exist_ok=True)
             self.ckpt_path = os.path.join(config.checkpoint_dir, CHECKPOINT_NAME)
 
-    def resume(self) -> Optional[Dict[str, Any]]:
+    def resume(self, say: Callable[[str], None]) -> Optional[Dict[str, Any]]:
         """Carry on from the checkpoint, if any; returns the stored result of a finished run."""
         if self.ckpt_path is None or not self.config.resume:
             return None
@@ -332,17 +585,48 @@ class _Run:
         if ckpt is None:
             return None
         if ckpt["state"]["finished"] and ckpt["config"] == self.config.to_dict():
+            say(f"{self.ckpt_path} holds this run, finished at step {ckpt['state']['step']}: its stored result "
+                "follows (--no-resume trains it again)")
             return dict(ckpt["state"]["result"])
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.state = TrainState.from_dict(ckpt["state"])
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.state = TrainState.from_dict(ckpt["state"])
+            set_rng_state(ckpt["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint {self.ckpt_path} does not fit this run "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                                  "delete it or pass --no-resume (resume=False) to start the run afresh") from None
         self.state.finished = False
-        set_rng_state(ckpt["rng"])
+        self._restore_log(ckpt["config"].get("log_path"))
+        st = self.state
+        say(f"resuming from {self.ckpt_path} at step {st.step} (epoch {st.epoch}, batch {st.batch_in_epoch} "
+            f"of {self.num_batches})")
         return None
+
+    def _restore_log(self, saved_log_path: Optional[str]) -> None:
+        """Make the log what it was when the checkpoint was saved: cut off the records written
+        after it (they will be written again), or, in a new log file, write the run's history."""
+        path, st = self.config.log_path, self.state
+        if path is None:
+            return
+        same = saved_log_path is not None and os.path.abspath(saved_log_path) == os.path.abspath(path)
+        if same and st.log_bytes is not None and (self.log.size() or 0) >= st.log_bytes:
+            self.log.truncate(st.log_bytes)
+        elif not same:
+            for record in st.history:
+                self.log.write(record)
 
     def save(self) -> None:
         if self.ckpt_path is not None:
+            self.state.log_bytes = self.log.size()
             save_checkpoint(self.ckpt_path, self.config.to_dict(), self.model, self.optimizer, self.state.to_dict())
+
+    def collapsed(self, error: TrainingCollapsedError) -> TrainingCollapsedError:
+        """Log the collapse and return ``error`` to raise."""
+        self.log.write({"event": "collapsed", "step": self.state.step, "epoch": self.state.epoch,
+                        "reason": error.reason})
+        return error
 
     def capped(self) -> bool:
         return self.config.max_steps is not None and self.state.step >= self.config.max_steps
@@ -350,7 +634,13 @@ class _Run:
     def validate(self) -> None:
         """Evaluate on the validation split; track the best weights and early stopping."""
         st = self.state
-        metrics = evaluate(self.model, self.val_split, self.eval_batch_size, self.device, prefix="val_")
+        labels, probs = _predict(self.model, self.val_split, self.eval_batch_size, self.device)
+        try:
+            _check_weights(self.model, st.step)
+            _check_predictions(probs, "validation", st.step)
+        except TrainingCollapsedError as exc:
+            raise self.collapsed(exc) from None
+        metrics = binary_metrics(labels, probs, prefix="val_")
         st.last_eval_step = st.step
         if metrics["val_loss"] < st.best_val_loss:
             st.best_val_loss, st.best_step, st.bad_evals = metrics["val_loss"], st.step, 0
@@ -401,6 +691,10 @@ class _Run:
         tick = time.perf_counter()
         for batch in batches:
             loss = self._train_step(batch)
+            if cfg.recluster_every and st.step % cfg.recluster_every == 0:
+                from dlrm.recluster import recluster_model
+
+                recluster_model(self.model, self.optimizer, seed=cfg.seed, step=st.step)
             st.train_time_s += time.perf_counter() - tick
             if bar is not None:
                 bar.update(1)
@@ -421,16 +715,31 @@ class _Run:
         dense, indices, offsets, y = _to_device(batch, self.device)
         self.optimizer.zero_grad()
         loss = DLRM.loss(self.model(dense, indices, offsets), y)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise self.collapsed(TrainingCollapsedError(f"training loss is {value} at step {self.state.step + 1} "
+                                                        "(non-finite)"))
         loss.backward()
+        self._warm_up(self.state.step + 1)
         self.optimizer.step()
         n = int(y.shape[0])
-        value = float(loss.detach())
         self.state.step += 1
         self.state.batch_in_epoch += 1
         self.state.samples_seen += n
         self.state.running_loss += value * n
         self.state.running_n += n
         return value
+
+    def _warm_up(self, step: int) -> None:
+        """Set the learning rate of step ``step`` (1-based): linear warm-up, then the base rate.
+        A function of the step alone, so a resumed run takes the same rates."""
+        warmup = self.config.warmup_steps
+        if not warmup or step > warmup + 1:
+            return
+        lr = float(self.config.learning_rate or 0.0) * min(1.0, step / warmup)
+        for opt in self.optimizer.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
 
     def finish(self, wall_start: float) -> Dict[str, Any]:
         """Validate if the last step was not, test, record the result and return it."""
@@ -446,7 +755,13 @@ class _Run:
                 model.load_state_dict(st.best_model)
         else:
             val = {k: st.history[-1][k] for k in _VAL_KEYS}
-        test = evaluate(model, self.test_split, self.eval_batch_size, self.device, prefix="test_")
+        labels, probs = _predict(model, self.test_split, self.eval_batch_size, self.device)
+        tested_step = st.best_step if final_weights is not None and st.best_step is not None else st.step
+        try:
+            _check_predictions(probs, "test", tested_step)
+        except TrainingCollapsedError as exc:
+            raise self.collapsed(exc) from None
+        test = binary_metrics(labels, probs, prefix="test_")
         if final_weights is not None:
             model.load_state_dict(final_weights)
         result = {
@@ -461,11 +776,14 @@ class _Run:
             "samples_per_s": st.samples_per_s() or 0.0,
             "wall_time_s": time.perf_counter() - wall_start,
             "stopped_early": bool(st.stopped_early),
+            **compression_metrics(model),
         }
+        # the final record first, then the checkpoint that says the run is finished: a kill between
+        # the two resumes before the record (cut off) and writes it again
+        self.log.write({"event": "final", **result})
         st.finished = True
         st.result = result
         self.save()
-        self.log.write({"event": "final", **result})
         return result
 
 
@@ -477,9 +795,13 @@ def _splits(config: TrainConfig, dataset: Any) -> Tuple[Any, Tuple[Any, Any, Any
 
         dataset = load_dataset(config.dataset, **config.dataset_options)
     splits = tuple(dataset.split(s) for s in ("train", "val", "test"))
+    info = getattr(dataset, "info", None) or {}
     for split in splits:
         if len(split) == 0:
-            raise ValueError(f"split {split.name!r} of data set {getattr(dataset, 'name', '?')!r} is empty; "
+            skipped = int(info.get("num_malformed") or 0)
+            why = (f" ({skipped} of {info.get('num_lines')} lines were malformed and skipped: "
+                   f"{sorted(info.get('malformed') or {})})" if skipped else "")
+            raise ValueError(f"split {split.name!r} of data set {getattr(dataset, 'name', '?')!r} is empty{why}; "
                              "training needs rows in 'train', 'val' and 'test'")
     return dataset, splits
 
@@ -490,7 +812,8 @@ def train(
     progress: bool = False,
     step_hook: Optional[Callable[[int], None]] = None,
     dataset: Any = None,
-    customize_model: Optional[Callable[[DLRM], None]] = None,
+    customize_model: Optional[Callable[[RecModel], None]] = None,
+    say: Optional[Callable[[str], None]] = None,
 ) -> Dict[str, Any]:
     """Train a DLRM as ``config`` describes and return its final metrics.
 
@@ -505,15 +828,25 @@ def train(
         customize_model: called with the freshly built model before the optimizer is made
             (e.g. to swap in a table of an exact size with :meth:`DLRM.replace_table`). It is not
             part of the config: a resumed run must pass the same one.
+        say: called with one line each on the model's size (:func:`model_summary`), where the
+            log and checkpoints go, and a resume (``compemb train`` prints them).
 
     Returns:
         ``val_loss, val_auc, val_accuracy, test_loss, test_auc, test_accuracy,
         embedding_params, mlp_params, total_params, steps, epochs_completed, best_step,
         samples_per_s, wall_time_s, stopped_early, tables`` (parameters per table).
+
+    Raises:
+        TrainingCollapsedError: the model died (non-finite loss or weights, constant predictions).
+        CheckpointError: the checkpoint to resume from is unreadable, unsafe or not this run's.
+        ValueError: a bad config, an unusable device, log file or checkpoint directory (before
+            any work).
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     wall_start = time.perf_counter()
+    tell: Callable[[str], None] = say if say is not None else (lambda line: None)
+    preflight(config)
     device = torch.device(config.device)
     dataset, splits = _splits(config, dataset)
     random.seed(config.seed)
@@ -522,8 +855,16 @@ def train(
     if customize_model is not None:
         customize_model(model)
         model.to(device)
+    tell(model_summary(model))
+    compression_line = compression_summary(model)
+    if compression_line is not None:
+        tell(compression_line)
     run = _Run(config, model, build_optimizer(config, model), splits, device)
-    stored = run.resume()
+    every = run.checkpoint_every or "epoch end"
+    tell(f"log: {config.log_path or 'none (--log-file)'}; checkpoints: "
+         + (f"{run.ckpt_path} (every {every}{' steps' if isinstance(every, int) else ''})" if run.ckpt_path
+            else "none (--checkpoint-dir)"))
+    stored = run.resume(tell)
     if stored is not None:
         return stored
     run.fit(progress, step_hook)
