@@ -7,6 +7,7 @@ of the source tree, run by ``make bench`` (they are not part of the installed pa
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
@@ -49,7 +50,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     target, _ = COMMANDS[name]
     module_name, function_name = target.split(":")
     function = getattr(importlib.import_module(module_name), function_name)
-    result = function(rest)
+    try:
+        result = function(rest)
+    except BrokenPipeError:
+        # the reader went away (`compemb plan ... | head`): stop quietly, as Unix tools do, and
+        # keep the interpreter's final flush of stdout from raising again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return int(result or 0)
 
 

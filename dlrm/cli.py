@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``compemb train`` argument parser."""
     from compemb.options import BACKEND_NAMES, COMPOSES, METHODS, OPERATIONS
     from dlrm.model import INTERACTIONS
+    from dlrm.models import FIRST_ORDER, MODELS
     from dlrm.train import DEFAULT_LEARNING_RATES, EMBEDDING_COLLECTIONS, OPTIMIZERS, TEST_WITH, TrainConfig
 
     p = argparse.ArgumentParser(
@@ -149,6 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--compose", choices=COMPOSES, default=None)
     e.add_argument("--backend", choices=BACKEND_NAMES, default=None)
     e.add_argument("--md-dim", type=_COUNT, default=None, help="md: one width for all compressed tables")
+    e.add_argument("--tt-rank", type=_COUNT, default=None, help="tt: the inner tensor-train ranks")
+    e.add_argument("--num-hot", type=_COUNT, default=None,
+                   help="freq: rows of their own for this many most frequent categories of the training split")
+    e.add_argument("--compression", type=_number(1.0, inclusive=False), default=None, metavar="R",
+                   help="every compressed table holds at most 1/R of its full parameters: the method's own size "
+                        "(collisions, rank, buckets, hot rows, ...) is chosen for R; the achieved ratio is printed")
+    e.add_argument("--recluster-every", type=_NON_NEGATIVE, default=None, metavar="N",
+                   help="cluster: re-cluster the tables by their embeddings every N steps (CCE; 0: never)")
+    m = p.add_argument_group("model family")
+    m.add_argument("--model", choices=MODELS, default="dlrm",
+                   help="dlrm (default), mf (matrix factorisation), fm (factorization machine) or ncf (NeuMF); "
+                        "same data, loop and metrics, any table method")
+    m.add_argument("--model-features", default=None, metavar="USER,ITEM",
+                   help="mf, ncf: the two features of the (user, item) pair (default user_id,item_id)")
+    m.add_argument("--first-order", choices=FIRST_ORDER, default=None,
+                   help="mf, fm: first-order weights tied to the embeddings (default) or free n x 1 tables")
     d = p.add_argument_group("data")
     d.add_argument("--data-set", choices=sorted(_DATA_SETS), default="movielens-100k")
     d.add_argument("--raw-data-file", default=None, help="Criteo train.txt or day_ prefix")
@@ -188,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--log-file", default=None, help="JSON-lines log")
     o.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     o.add_argument("--no-progress", action="store_true")
+    from dlrm.launch import add_distributed_arguments
+
+    add_distributed_arguments(p)  # --nproc-per-node, --parallel, ... (dlrm.launch)
     return p
 
 
@@ -218,7 +238,8 @@ def config_from_args(args: argparse.Namespace, num_dense: Optional[int] = None) 
     if args.threshold is not None:
         threshold = args.threshold
     for flag, key in (("num_collisions", "num_collisions"), ("k", "k"), ("operation", "operation"),
-                      ("compose", "compose"), ("backend", "backend"), ("md_dim", "md_dim")):
+                      ("compose", "compose"), ("backend", "backend"), ("md_dim", "md_dim"), ("tt_rank", "tt_rank"),
+                      ("num_hot", "num_hot"), ("compression", "compression")):
         value = getattr(args, flag)
         if value is not None:
             options[key] = value
@@ -226,6 +247,19 @@ def config_from_args(args: argparse.Namespace, num_dense: Optional[int] = None) 
         options["hidden_dims"] = tuple(args.hidden_dims)
     if args.dlrm_compatible_qr and method != "qr":
         raise ValueError("--dlrm-compatible-qr needs --qr-flag or --embedding qr")
+    if args.compression is not None and method == "full":
+        raise ValueError(f"--compression {args.compression:g} needs a compressed method (--embedding METHOD, "
+                         "--qr-flag or --md-flag)")
+    if args.recluster_every and method != "cluster":
+        raise ValueError(f"--recluster-every re-clusters 'cluster' tables; the method is {method!r} "
+                         "(--embedding cluster)")
+    model_options: Dict[str, Any] = {}
+    if args.model_features is not None:
+        model_options["features"] = [f.strip() for f in str(args.model_features).split(",")]
+    if args.first_order is not None:
+        model_options["first_order"] = args.first_order
+    if args.model != "dlrm" and args.arch_mlp_bot is not None:
+        raise ValueError(f"--arch-mlp-bot applies to --model dlrm; --model {args.model} has no bottom MLP")
 
     dataset = _DATA_SETS[args.data_set]
     ds_options = {}
@@ -282,6 +316,7 @@ def config_from_args(args: argparse.Namespace, num_dense: Optional[int] = None) 
         checkpoint_every=args.checkpoint_every, resume=not args.no_resume, log_path=args.log_file,
         device=args.device, test_with=args.test_with,
         embedding_collection=None if args.embedding_collection == "none" else args.embedding_collection,
+        model=args.model, model_options=model_options, recluster_every=args.recluster_every,
     )
 
 
@@ -402,16 +437,25 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     stream = sys.stderr if args.json else sys.stdout
 
     def say(line: str) -> None:
-        print(line, file=stream, flush=True)
+        if os.environ.get("RANK", "0") in ("", "0"):  # (of several ranks, rank 0 speaks)
+            print(line, file=stream, flush=True)
 
     try:
         config = config_from_args(args)
+        from dlrm.launch import join
+
+        # several processes (dlrm.launch): launch them here (--nproc-per-node) or join their group
+        job = join(args, config, list(sys.argv[1:] if argv is None else argv))
+        if job.exit_code is not None:
+            return job.exit_code
+        config = job.configure(config)
         train_module.preflight(config)
         dataset = load_dataset(config.dataset, **config.dataset_options)
         malformed = _check_malformed(dataset, say)
-        config = config_from_args(args, num_dense=dataset.num_dense)
+        config = job.configure(config_from_args(args, num_dense=dataset.num_dense))
         say(f"config: {describe_config(config)}")
-        result = train_module.train(config, progress=not args.no_progress, dataset=dataset, say=say)
+        result = job.finish(train_module.train(config, progress=not args.no_progress and job.is_main,
+                                               dataset=dataset, say=say, parallel=job.parallel))
     except train_module.TrainingCollapsedError as exc:
         print(f"compemb train: error: {_one_line(exc)}", file=sys.stderr)
         return 1
@@ -427,6 +471,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, TypeError, OSError) as exc:
         print(f"compemb train: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    if not job.is_main:
+        return 0
     if malformed is not None:
         result = {**result, "malformed_lines": malformed}
     if args.json:

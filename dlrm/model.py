@@ -561,8 +561,13 @@ class DLRM(nn.Module):
             # The batch format carries (B + 1,) offsets; nn.EmbeddingBag-style modules take the
             # B starts (include_last_offset is not universal), so drop the last entry.
             raw = [bag(idx, off[:-1]) for bag, idx, off in zip(self.embeddings, indices, offsets)]
+        return self.project(raw)
+
+    def project(self, outputs: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """The tables' outputs (one ``(B, width)`` per table, in table order), each projected to
+        ``d`` where its width differs (the ``dot`` interaction's projections)."""
         outs = []
-        for i, y in enumerate(raw):
+        for i, y in enumerate(outputs):
             key = str(i)
             if key in self.projections:
                 y = self.projections[key](y)
@@ -572,11 +577,21 @@ class DLRM(nn.Module):
     def forward(self, dense: torch.Tensor, indices: Sequence[torch.Tensor],
                 offsets: Sequence[torch.Tensor]) -> torch.Tensor:
         """Logits ``(B,)``; use :meth:`predict` for probabilities."""
+        self._check_dense(dense)
+        return self.head(dense, self.embed(indices, offsets))
+
+    def _check_dense(self, dense: torch.Tensor) -> None:
         if dense.dim() != 2 or dense.shape[1] != self.config.num_dense:
             raise ValueError(
                 f"dense must be (B, {self.config.num_dense}), got {tuple(dense.shape)}"
             )
-        vectors = self.embed(indices, offsets)
+
+    def head(self, dense: torch.Tensor, vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits ``(B,)`` from the dense features and the (projected) table outputs: the bottom
+        MLP, the interaction and the top MLP (what :meth:`forward` does after :meth:`embed`; a
+        sharded model looks its tables up elsewhere and calls this)."""
+        self._check_dense(dense)
+        vectors = list(vectors)
         if self.bottom is not None:
             x = self.bottom(dense)
             vectors = [x] + vectors

@@ -379,8 +379,10 @@ def _to_device(batch: Any, device: torch.device | str) -> Tuple[torch.Tensor, Li
 
 
 @torch.no_grad()
-def _predict(model: RecModel, split: Any, batch_size: int, device: torch.device | str) -> Tuple[np.ndarray, np.ndarray]:
-    """``(labels, probabilities)`` of ``model`` on a whole split."""
+def _predict(model: RecModel, split: Any, batch_size: int, device: torch.device | str,
+             parallel: Any = None) -> Tuple[np.ndarray, np.ndarray]:
+    """``(labels, probabilities)`` of ``model`` on a whole split (with ``parallel``, a
+    :class:`dlrm.distributed.DistributedTraining`: every rank's, gathered)."""
     was_training = model.training
     model.eval()
     probs: List[np.ndarray] = []
@@ -394,6 +396,8 @@ def _predict(model: RecModel, split: Any, batch_size: int, device: torch.device 
         model.train(was_training)
     if not probs:
         raise ValueError("cannot evaluate on an empty split")
+    if parallel is not None:
+        return parallel.gather(np.concatenate(labels), np.concatenate(probs), getattr(split, "name", ""))
     return np.concatenate(labels), np.concatenate(probs)
 
 
@@ -564,24 +568,27 @@ class _Run:
     """One training run: the model, its optimizer, the loop's state and its checkpoint."""
 
     def __init__(self, config: TrainConfig, model: RecModel, optimizer: Optimizers, splits: Tuple[Any, Any, Any],
-                 device: torch.device) -> None:
+                 device: torch.device, parallel: Any = None) -> None:
         self.config, self.model, self.optimizer, self.device = config, model, optimizer, device
+        self.parallel = parallel  # (a dlrm.distributed.DistributedTraining, or None: one process)
         self.train_split, self.val_split, self.test_split = splits
         self.eval_batch_size = config.eval_batch_size or 4 * config.batch_size
         self.num_batches = -(-len(self.train_split) // config.batch_size)
         self.checkpoint_every = config.checkpoint_every if config.checkpoint_every is not None else config.eval_every
         self.state = TrainState()
-        self.log = JsonLinesWriter(config.log_path)
+        self.log = JsonLinesWriter(config.log_path if parallel is None or parallel.is_main else None)
         self.ckpt_path: Optional[str] = None
         if config.checkpoint_dir is not None:
             os.makedirs(config.checkpoint_dir, exist_ok=True)
-            self.ckpt_path = os.path.join(config.checkpoint_dir, CHECKPOINT_NAME)
+            self.ckpt_path = os.path.join(config.checkpoint_dir,
+                                          CHECKPOINT_NAME if parallel is None else parallel.checkpoint_name)
 
     def resume(self, say: Callable[[str], None]) -> Optional[Dict[str, Any]]:
         """Carry on from the checkpoint, if any; returns the stored result of a finished run."""
         if self.ckpt_path is None or not self.config.resume:
             return None
-        ckpt = load_checkpoint(self.ckpt_path, self.config.to_dict(), self.device)
+        load = load_checkpoint if self.parallel is None else self.parallel.load
+        ckpt = load(self.ckpt_path, self.config.to_dict(), self.device)
         if ckpt is None:
             return None
         if ckpt["state"]["finished"] and ckpt["config"] == self.config.to_dict():
@@ -620,7 +627,8 @@ class _Run:
     def save(self) -> None:
         if self.ckpt_path is not None:
             self.state.log_bytes = self.log.size()
-            save_checkpoint(self.ckpt_path, self.config.to_dict(), self.model, self.optimizer, self.state.to_dict())
+            save = save_checkpoint if self.parallel is None else self.parallel.save
+            save(self.ckpt_path, self.config.to_dict(), self.model, self.optimizer, self.state.to_dict())
 
     def collapsed(self, error: TrainingCollapsedError) -> TrainingCollapsedError:
         """Log the collapse and return ``error`` to raise."""
@@ -634,7 +642,7 @@ class _Run:
     def validate(self) -> None:
         """Evaluate on the validation split; track the best weights and early stopping."""
         st = self.state
-        labels, probs = _predict(self.model, self.val_split, self.eval_batch_size, self.device)
+        labels, probs = _predict(self.model, self.val_split, self.eval_batch_size, self.device, self.parallel)
         try:
             _check_weights(self.model, st.step)
             _check_predictions(probs, "validation", st.step)
@@ -713,16 +721,19 @@ class _Run:
     def _train_step(self, batch: Any) -> float:
         """One optimizer step on ``batch``; returns its loss."""
         dense, indices, offsets, y = _to_device(batch, self.device)
+        self._warm_up(self.state.step + 1)  # (before zero_grad: TorchRec's fused optimizer reads its rate there)
         self.optimizer.zero_grad()
-        loss = DLRM.loss(self.model(dense, indices, offsets), y)
-        value = float(loss.detach())
+        n = int(y.shape[0])
+        if self.parallel is None:
+            loss = DLRM.loss(self.model(dense, indices, offsets), y)
+            value = float(loss.detach())
+        else:  # the global batch's mean loss (every rank's samples), and its size
+            loss, value, n = self.parallel.loss(self.model(dense, indices, offsets), y)
         if not math.isfinite(value):
             raise self.collapsed(TrainingCollapsedError(f"training loss is {value} at step {self.state.step + 1} "
                                                         "(non-finite)"))
         loss.backward()
-        self._warm_up(self.state.step + 1)
         self.optimizer.step()
-        n = int(y.shape[0])
         self.state.step += 1
         self.state.batch_in_epoch += 1
         self.state.samples_seen += n
@@ -755,7 +766,7 @@ class _Run:
                 model.load_state_dict(st.best_model)
         else:
             val = {k: st.history[-1][k] for k in _VAL_KEYS}
-        labels, probs = _predict(model, self.test_split, self.eval_batch_size, self.device)
+        labels, probs = _predict(model, self.test_split, self.eval_batch_size, self.device, self.parallel)
         tested_step = st.best_step if final_weights is not None and st.best_step is not None else st.step
         try:
             _check_predictions(probs, "test", tested_step)
@@ -814,6 +825,7 @@ def train(
     dataset: Any = None,
     customize_model: Optional[Callable[[RecModel], None]] = None,
     say: Optional[Callable[[str], None]] = None,
+    parallel: Any = None,
 ) -> Dict[str, Any]:
     """Train a DLRM as ``config`` describes and return its final metrics.
 
@@ -830,6 +842,9 @@ def train(
             part of the config: a resumed run must pass the same one.
         say: called with one line each on the model's size (:func:`model_summary`), where the
             log and checkpoints go, and a resume (``compemb train`` prints them).
+        parallel: a :class:`dlrm.distributed.DistributedTraining` when this process is one rank
+            of several (``--mini-batch-size`` is then the global batch; see :mod:`dlrm.distributed`),
+            ``None`` for one process.
 
     Returns:
         ``val_loss, val_auc, val_accuracy, test_loss, test_auc, test_accuracy,
@@ -851,7 +866,7 @@ def train(
     dataset, splits = _splits(config, dataset)
     random.seed(config.seed)
     np.random.seed(config.seed % (2**32))
-    model = build_model(config, dataset)
+    model = build_model(config if parallel is None else parallel.model_config(config), dataset)
     if customize_model is not None:
         customize_model(model)
         model.to(device)
@@ -859,7 +874,11 @@ def train(
     compression_line = compression_summary(model)
     if compression_line is not None:
         tell(compression_line)
-    run = _Run(config, model, build_optimizer(config, model), splits, device)
+    if parallel is None:
+        run = _Run(config, model, build_optimizer(config, model), splits, device)
+    else:
+        wrapped, optimizer, splits = parallel.prepare(config, model, splits, dataset)
+        run = _Run(config, wrapped, optimizer, splits, device, parallel)
     every = run.checkpoint_every or "epoch end"
     tell(f"log: {config.log_path or 'none (--log-file)'}; checkpoints: "
          + (f"{run.ckpt_path} (every {every}{' steps' if isinstance(every, int) else ''})" if run.ckpt_path

@@ -43,3 +43,13 @@ def test_console_script_runs():
     done = subprocess.run([sys.executable, "-m", "compemb.cli", "--help"], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0 and "plan" in done.stdout
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    # `compemb plan ... | true`: the reader is gone before the first line is written; no traceback
+    reader_closes_early = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m compemb plan --criteo-kaggle --method qr --collisions 4 | true"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert "Traceback" not in reader_closes_early.stderr, reader_closes_early.stderr
+    assert "BrokenPipeError" not in reader_closes_early.stderr
