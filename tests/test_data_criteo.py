@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
 
 import numpy as np
@@ -18,129 +17,7 @@ from dlrm.data.batching import CachedDataset
 from dlrm.data.cli import main as data_main
 from dlrm.data.criteo import load_criteo, preprocess_criteo
 
-REASONS = criteo_mod.REASONS
-_INT = re.compile(r"-?[0-9]{1,18}")  # documented: at most 18 digits (fits int64)
-_HEXRE = re.compile(r"[0-9a-fA-F]{1,8}")
-
-
-def reference(lines, days=7, max_ind_range=None, day_lines=None):
-    """Parse Criteo lines one by one, the obvious way."""
-    rows, bad = [], {r: [] for r in REASONS}
-    for no, line in enumerate(lines, 1):
-        f = line.split("\t")
-        if len(f) != 40:
-            bad["wrong field count"].append(no)
-        elif f[0] not in ("0", "1"):
-            bad["bad label"].append(no)
-        elif any(x != "" and not _INT.fullmatch(x) for x in f[1:14]):
-            bad["non-integer dense"].append(no)
-        elif any(x != "" and not _HEXRE.fullmatch(x) for x in f[14:]):
-            bad["non-hex categorical"].append(no)
-        else:
-            dense = [math.log(1 + max(int(x), 0)) if x else 0.0 for x in f[1:14]]
-            cats = [int(x, 16) if x else 0 for x in f[14:]]
-            if max_ind_range:
-                cats = [c % max_ind_range for c in cats]
-            rows.append((no - 1, float(f[0]), dense, cats))
-    dicts = [dict() for _ in range(26)]
-    ids = []
-    for _, _, _, cats in rows:
-        ids.append([dicts[j].setdefault(c, len(dicts[j])) for j, c in enumerate(cats)])
-    if day_lines is None:
-        base, extra = divmod(len(lines), days)
-        day_lines = [base + (d < extra) for d in range(days)]
-    ends = np.cumsum(day_lines)
-    day_of = [int(np.searchsorted(ends, r[0], side="right")) for r in rows]
-    last = [i for i, d in enumerate(day_of) if d == len(day_lines) - 1]
-    n_train = sum(1 for d in day_of if d < len(day_lines) - 1)
-    n_test = (len(last) + 1) // 2
-    return {
-        "labels": np.array([r[1] for r in rows], dtype=np.float32),
-        "dense": np.array([r[2] for r in rows], dtype=np.float64).reshape(-1, 13),
-        "sparse": np.array(ids, dtype=np.int64).reshape(-1, 26),
-        "cards": [max(len(d), 1) for d in dicts],
-        "bad": {k: v for k, v in bad.items() if v},
-        "splits": {"train": (0, n_train), "test": (n_train, n_train + n_test), "val": (n_train + n_test, len(rows))},
-    }
-
-
-def check_against_reference(ds: CachedDataset, ref) -> None:
-    n = len(ref["labels"])
-    assert ds.info["num_rows"] == n
-    np.testing.assert_array_equal(np.asarray(ds._labels), ref["labels"])
-    np.testing.assert_allclose(np.asarray(ds._dense, dtype=np.float64), ref["dense"], rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(np.asarray(ds._sparse, dtype=np.int64), ref["sparse"])
-    assert ds.cardinalities == ref["cards"]
-    report = ds.info["malformed"]
-    assert set(report) == set(ref["bad"])
-    for reason, lines in ref["bad"].items():
-        assert report[reason]["count"] == len(lines)
-        assert [e["line"] for e in report[reason]["first"]] == lines[:100]
-    for name, (a, b) in ref["splits"].items():
-        r = ds.split(name).rows
-        assert (r.start, r.stop) == (a, b), name
-
-
-def random_line(rng: np.random.Generator, malformed_rate: float = 0.1, vocab: int = 50) -> str:
-    label = str(rng.integers(0, 2))
-    dense = []
-    for _ in range(13):
-        u = rng.random()
-        if u < 0.2:
-            dense.append("")
-        elif u < 0.3:
-            dense.append(str(int(rng.integers(-3, 0))) if u < 0.29 else str(-int(rng.integers(0, 10 ** 18))))
-        elif u < 0.32:
-            dense.append(str(int(rng.integers(10 ** 16, 10 ** 18))))  # up to 18 digits: still an int64
-        else:
-            dense.append(str(int(rng.integers(0, 10 ** rng.integers(1, 9)))))
-    cats = []
-    for _ in range(26):
-        u = rng.random()
-        if u < 0.15:
-            cats.append("")
-        else:
-            v = int(rng.integers(0, vocab)) * 2654435761 % (1 << 32)
-            s = format(v, "08x")
-            cats.append(s.upper() if rng.random() < 0.05 else s)
-    fields = [label] + dense + cats
-    if rng.random() < malformed_rate:
-        kind = int(rng.integers(0, 8))
-        if kind == 0:
-            fields = fields[:-1]
-        elif kind == 1:
-            fields = fields + ["00ff00ff"]
-        elif kind == 2:
-            fields[0] = rng.choice(["2", "", "x", "-1", "01"])
-        elif kind == 3:
-            fields[int(rng.integers(1, 14))] = rng.choice(["1.5", "abc", "-", "1e3", " 4", "+3"])
-        elif kind == 4:
-            fields[int(rng.integers(14, 40))] = rng.choice(["zz", "123456789", "g0", "-1f", "0x1f", " ab"])
-        elif kind == 5:
-            return ""
-        elif kind == 6:
-            fields[int(rng.integers(1, 14))] = "9" * 25
-        else:
-            return "\t".join(fields).replace("\t", " ", 1)
-    return "\t".join(fields)
-
-
-def write_lines(path, lines, final_newline=True) -> None:
-    with open(path, "w", newline="") as f:
-        f.write("\n".join(lines) + ("\n" if final_newline else ""))
-
-
-HAND = [
-    "\t".join(["1"] + ["1", "", "-5", "0", "10"] + [""] * 8 + ["0000abcd", "", "ffffffff"] + ["deadbeef"] * 23),
-    "\t".join(["0"] + ["3"] * 13 + ["0000ABCD", "0", "12"] + ["deadbeef"] * 23),
-    "\t".join(["2"] + ["3"] * 13 + ["00000001"] * 26),  # bad label
-    "\t".join(["0"] + ["3.5"] + ["3"] * 12 + ["00000001"] * 26),  # non-integer dense
-    "\t".join(["0"] + ["3"] * 13 + ["0000000g"] + ["00000001"] * 25),  # non-hex categorical
-    "\t".join(["0"] + ["3"] * 13 + ["00000001"] * 25),  # 39 fields
-    "",  # blank line
-    "\t".join(["1"] + ["-1"] * 13 + ["1"] * 26),
-    "\t".join(["0"] + [str(2 ** 40)] + ["0"] * 12 + ["7fffffff"] * 26),
-]
+from _criteo_text import HAND, check_against_reference, random_line, reference, write_lines
 
 
 def test_hand_written_file_every_value(tmp_path):
@@ -152,7 +29,8 @@ def test_hand_written_file_every_value(tmp_path):
     # spelled out for the first lines: log1p with missing/negative -> 0, ids by first appearance
     dense = np.asarray(ds._dense)
     np.testing.assert_allclose(dense[0, :5], [math.log(2), 0.0, 0.0, 0.0, math.log(11)], rtol=1e-6)
-    np.testing.assert_array_equal(np.asarray(ds._sparse)[:2, :3], [[0, 0, 0], [0, 0, 1]])  # "" is the value 0; case-insensitive hex
+    # "" is the value 0; case-insensitive hex
+    np.testing.assert_array_equal(np.asarray(ds._sparse)[:2, :3], [[0, 0, 0], [0, 0, 1]])
     assert ds.info["malformed"]["bad label"]["first"][0]["line"] == 3
     assert ds.info["malformed"]["wrong field count"]["count"] == 2
     assert ds.info["num_lines"] == len(HAND)
@@ -160,8 +38,8 @@ def test_hand_written_file_every_value(tmp_path):
 
 @settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 2 ** 32 - 1), n=st.integers(7, 400), chunk=st.sampled_from([64, 1000, 1 << 20]),
-       mod=st.sampled_from([None, 7, 1000]), final_newline=st.booleans())
-def test_random_files_match_reference(tmp_path_factory, seed, n, chunk, mod, final_newline):
+       piece=st.sampled_from([1500, 1 << 26]), mod=st.sampled_from([None, 7, 1000]), final_newline=st.booleans())
+def test_random_files_match_reference(tmp_path_factory, seed, n, chunk, piece, mod, final_newline):
     rng = np.random.default_rng(seed)
     lines = [random_line(rng) for _ in range(n)]
     if lines[-1] == "":
@@ -169,7 +47,8 @@ def test_random_files_match_reference(tmp_path_factory, seed, n, chunk, mod, fin
     d = tmp_path_factory.mktemp("crit")
     p = d / "train.txt"
     write_lines(p, lines, final_newline)
-    ds = CachedDataset.open(preprocess_criteo(p, d / "c", max_ind_range=mod, progress=False, chunk_bytes=chunk))
+    ds = CachedDataset.open(preprocess_criteo(p, d / "c", max_ind_range=mod, progress=False, chunk_bytes=chunk,
+                                              piece_bytes=piece, workers=1))
     check_against_reference(ds, reference(lines, max_ind_range=mod))
 
 
@@ -204,7 +83,7 @@ def test_terabyte_days_are_files(tmp_path):
         assert (ds.split(name).rows.start, ds.split(name).rows.stop) == (a, b)
     assert ds.split("val").rows.stop == n
     # line numbers are per file
-    for reason, rep in ds.info["malformed"].items():
+    for rep in ds.info["malformed"].values():
         for e in rep["first"]:
             fi = int(e["file"].split("_")[1])
             assert 1 <= e["line"] <= len(per_day[fi])
@@ -324,7 +203,8 @@ def test_cli_prepare(tmp_path, capsys):
     rc = data_main(["prepare", "criteo", "--raw-data-file", str(p), "--cache-dir", str(tmp_path / "c"), "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0 and "malformed 5" in out and "bad label: 1" in out and "train.txt:3" in out
-    rc = data_main(["prepare", "criteo", "--raw-data-file", str(p), "--cache-dir", str(tmp_path / "c2"), "--strict", "--no-progress"])
+    rc = data_main(["prepare", "criteo", "--raw-data-file", str(p), "--cache-dir", str(tmp_path / "c2"), "--strict",
+                    "--no-progress"])
     assert rc == 1 and "bad label" in capsys.readouterr().err
 
 

@@ -14,8 +14,10 @@ Public API
       ``path=None`` (in memory, or a cache written by ``compemb data synthetic --out DIR``)
       (:func:`dlrm.data.synthetic.load_synthetic`);
     * ``"criteo-kaggle"`` / ``"criteo-terabyte"``: ``raw_data_file`` (required), ``cache_dir=None``,
-      ``days=None`` (7 / 24), ``max_ind_range=None``, ``strict=False``, ``progress=True``,
-      ``force=False`` (:func:`dlrm.data.criteo.load_criteo`; preprocessed once into memory maps).
+      ``days=None`` (7 / 24), ``max_ind_range=None``, ``frequency_threshold=None``,
+      ``strict=False``, ``progress=True``, ``workers=1`` (``None``: the usable CPUs), ``force=False``
+      (:func:`dlrm.data.criteo.load_criteo`; preprocessed once into memory maps, in parallel and
+      resumably; see :func:`dlrm.data.criteo.preprocess_criteo`).
 
 ``RecDataset``
     ``name``, ``feature_names: list[str]`` (categorical features, in batch order),
@@ -54,16 +56,30 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from .batching import Bag, Batch, CachedDataset, RecDataset, RecSplit, cache_root
+if TYPE_CHECKING:
+    from .batching import Bag, Batch, CachedDataset, RecDataset, RecSplit, cache_root
+
+# Imported on first use (PEP 562): ``batching`` imports torch, which the Criteo preprocessing
+# workers never need (it would add seconds and ~120 MB to each of them).
+_LAZY = {name: ".batching" for name in ("Bag", "Batch", "CachedDataset", "RecDataset", "RecSplit", "cache_root")}
 
 __all__ = ["Batch", "Bag", "RecDataset", "RecSplit", "CachedDataset", "load_dataset", "DATASETS", "cache_root"]
 
 DATASETS = ("movielens-100k", "synthetic", "criteo-kaggle", "criteo-terabyte")
 
 
-def load_dataset(name: str, **options: Any) -> RecDataset:
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def load_dataset(name: str, **options: Any) -> "RecDataset":
     """Load a data set by name; see the package docstring for each one's options.
 
     Raises:

@@ -178,7 +178,8 @@ class RecSplit:
         n = len(self)
         total = self.num_batches(batch_size, drop_last)
         if start_batch > total:
-            raise ValueError(f"start_batch={start_batch} is past the end: the split {self.name!r} has {total} batches of {batch_size}")
+            raise ValueError(f"start_batch={start_batch} is past the end: the split {self.name!r} has "
+                             f"{total} batches of {batch_size}")
         order: Optional[np.ndarray] = None
         if shuffle:
             order = np.random.default_rng(seed).permutation(n)
@@ -320,10 +321,11 @@ class RecDataset:
         rows = np.arange(sel.start, sel.stop) if isinstance(sel, slice) else sel
         for kind, key in self.layout:
             if kind == "onehot":
+                assert onehot is not None  # the layout has one-hot columns only with a sparse array
                 indices.append(torch.from_numpy(np.ascontiguousarray(onehot[:, int(key)])))
                 offsets.append(ones)
             else:
-                bag = self.bags[key]
+                bag = self.bags[str(key)]
                 starts = np.asarray(bag.row_ptr[rows], dtype=np.int64)
                 lengths = np.asarray(bag.row_ptr[rows + 1], dtype=np.int64) - starts
                 off = np.zeros(bsz + 1, dtype=np.int64)
@@ -384,6 +386,9 @@ class CachedDataset(RecDataset):
     Example:
         >>> ds = CachedDataset.open("~/.cache/compemb/criteo/kaggle-0123abcd")  # doctest: +SKIP
     """
+
+    #: the cache directory the data set was opened from
+    directory: Optional[Path] = None
 
     @classmethod
     def open(cls, directory: Union[str, Path]) -> "CachedDataset":

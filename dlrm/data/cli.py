@@ -2,7 +2,9 @@
 
     compemb data fetch movielens-100k [--cache-dir DIR]
     compemb data prepare criteo --raw-data-file PATH [--data-set kaggle|terabyte] [--max-ind-range N]
-                                [--days D] [--cache-dir DIR] [--strict] [--no-progress] [--force]
+                                [--frequency-threshold T] [--workers W] [--merge-workers M]
+                                [--piece-mb MB] [--days D] [--cache-dir DIR] [--strict]
+                                [--no-progress] [--force] [--estimate-only]
     compemb data synthetic --out PATH --rows N --scale F --seed S [--alpha A] [--criteo-text]
 """
 from __future__ import annotations
@@ -28,11 +30,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--raw-data-file", required=True, help="Kaggle: train.txt; Terabyte: the prefix of day_0 ... (e.g. /data/day)")
     c.add_argument("--data-set", choices=["kaggle", "terabyte"], default="kaggle")
     c.add_argument("--max-ind-range", type=int, default=-1, help="reduce hex values modulo N first (-1: no)")
+    c.add_argument("--frequency-threshold", type=int, default=0,
+                   help="values seen fewer than T times share id 0 (TorchRec's sparse_to_contiguous; 0: keep all)")
+    c.add_argument("--workers", type=int, default=None, help="worker processes (default: the usable CPUs)")
+    c.add_argument("--merge-workers", type=int, default=None,
+                   help="fields merged at once (default: --workers); each holds one field's distinct values")
+    c.add_argument("--piece-mb", type=float, default=64.0, help="MB of text per unit of work and of resumption")
     c.add_argument("--days", type=int, default=None, help="pseudo-days (Kaggle, 7) or day files (Terabyte, 24)")
     c.add_argument("--cache-dir", default=None)
     c.add_argument("--strict", action="store_true", help="fail at the first malformed line")
     c.add_argument("--no-progress", action="store_true")
-    c.add_argument("--force", action="store_true", help="rebuild even if the cache is valid")
+    c.add_argument("--force", action="store_true", help="rebuild from scratch even if the cache is valid or resumable")
+    c.add_argument("--estimate-only", action="store_true", help="print the memory and disk estimate and stop")
 
     s = sub.add_parser("synthetic", help="write Criteo-shaped synthetic data")
     s.add_argument("--out", required=True, help="a cache directory, or with --criteo-text a text file")
@@ -62,13 +71,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.command == "prepare":
         from .batching import CachedDataset
-        from .criteo import preprocess_criteo
+        from .criteo import estimate_resources, preprocess_criteo, usable_cpus
 
         t = time.perf_counter()
+        options = dict(dataset=args.data_set, days=args.days, max_ind_range=args.max_ind_range,
+                       frequency_threshold=args.frequency_threshold)
         try:
-            cache = preprocess_criteo(args.raw_data_file, args.cache_dir, dataset=args.data_set, days=args.days,
-                                      max_ind_range=args.max_ind_range, strict=args.strict,
-                                      progress=not args.no_progress, force=args.force)
+            piece_bytes = max(1, int(args.piece_mb * (1 << 20)))
+            if args.estimate_only:
+                print(estimate_resources(args.raw_data_file, workers=args.workers or usable_cpus(),
+                                         merge_workers=args.merge_workers, piece_bytes=piece_bytes, **options))
+                return 0
+            cache = preprocess_criteo(args.raw_data_file, args.cache_dir, strict=args.strict, progress=not args.no_progress,
+                                      workers=args.workers, merge_workers=args.merge_workers, piece_bytes=piece_bytes,
+                                      force=args.force, log=lambda line: print(line, flush=True), **options)
         except (ValueError, FileNotFoundError) as e:
             print(f"compemb data prepare: {e}", file=sys.stderr)
             return 1

@@ -11,6 +11,9 @@ Preprocessing (DLRM's, facebookresearch/dlrm ``data_utils.py`` / ``dlrm_data_pyt
   to contiguous ids ``0, 1, ...`` **in order of first appearance** in the file(s); an empty field
   is read as the hex value 0 (as DLRM does), so "missing" gets the id of value 0 (its own id:
   real Criteo data never writes ``00000000``);
+* with ``frequency_threshold`` t > 1 (TorchRec's ``sparse_to_contiguous``): a value seen fewer
+  than t times in all the files (after the modulo) maps to the shared id 0, the others to
+  1, 2, ... in order of first appearance (TorchRec's ids minus one: it starts at 2 and shares 1);
 * categorical: 1 to 8 hexadecimal digits, either case, or empty;
 * label: must be ``0`` or ``1`` (stored float32);
 * Kaggle: the file's lines (malformed ones included) are cut into ``days`` (7) equal consecutive
@@ -24,235 +27,46 @@ skipped, counted per reason and reported with their line numbers (the first 100 
 the cache's ``meta.json`` (``ds.info["malformed"]``); ``strict=True`` raises ``ValueError`` naming
 the first one's file, line number and reason.
 
-The text is read once per preprocessing in chunks of bytes and parsed with vectorised numpy
-(two streaming passes: pass 1 counts lines, which fixes the pseudo-day boundaries and the array
-sizes; pass 2 parses, builds the per-feature dictionaries as it goes and writes the memory maps).
-The cache remembers each source file's size and mtime and the options; a change rebuilds it.
+Building the cache (``dlrm/data/_criteo_build.py`` has the details):
 
-Memory: the rows stream (chunks in, memory maps out), but the per-feature dictionaries (value ->
-id) are Python dicts held in memory while preprocessing, about 100 bytes per distinct category
-(Kaggle: 33.8M categories, a few GB); ``max_ind_range`` bounds them, as in DLRM.
+* **parallel**: the files are cut into pieces of ``piece_bytes`` at line ends; worker processes
+  parse the pieces, then merge the 26 fields' value lists (one field per task), then write the
+  pieces' rows. The text is read once, with vectorised numpy (no Python object per line).
+* **deterministic**: ids are by first appearance over all files whatever the number of workers or
+  the piece size, so the cache (arrays and ``meta.json``) is the same, byte for byte.
+* **bounded memory**: a parse or write task holds one piece; a merge task holds one field's
+  distinct values (about 64 bytes each). Peak memory depends on the distinct values, not on the
+  number of lines; an estimate is logged before work starts (:func:`estimate_resources`), and
+  ``max_ind_range``, ``frequency_threshold`` or fewer ``merge_workers`` bound it further.
+* **resumable**: every finished piece or field is kept; a run killed at any point (``kill -9``
+  included) restarts where it stopped and ends with the same bytes. ``meta.json`` is written last
+  and atomically: a cache without it, or with arrays shorter than it says, is rebuilt.
+
+The cache remembers each source file's size and mtime and the options; a change rebuilds it. One
+builder at a time per cache: others wait on ``<cache>/.lock``, then use the finished cache.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import shutil
-from itertools import repeat
+import sys
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .batching import (
-    CACHE_FORMAT_VERSION,
-    CachedDataset,
-    cache_root,
-    day_split_ranges,
-    pseudo_day_counts,
-    write_cache_meta,
-)
+from ._criteo_build import KILL_ENV, ResourceEstimate, build, estimate, fingerprint, usable_cpus  # noqa: F401
+from ._criteo_parse import MAX_REPORTED_LINES, NUM_FIELDS, REASONS  # noqa: F401 (part of this module's namespace)
+from ._criteo_parse import NUM_DENSE, NUM_SPARSE, criteo_feature_names
+from .batching import CACHE_FORMAT_VERSION, CachedDataset, cache_root
 
-__all__ = ["NUM_DENSE", "NUM_SPARSE", "preprocess_criteo", "load_criteo", "criteo_feature_names"]
+__all__ = ["NUM_DENSE", "NUM_SPARSE", "preprocess_criteo", "load_criteo", "criteo_feature_names",
+           "estimate_resources", "ResourceEstimate", "default_cache_dir", "remove_cache"]
 
-NUM_DENSE = 13
-NUM_SPARSE = 26
-NUM_FIELDS = 1 + NUM_DENSE + NUM_SPARSE
-MAX_REPORTED_LINES = 100
-REASONS = ("wrong field count", "bad label", "non-integer dense", "non-hex categorical")
-_MAX_DENSE_DIGITS = 18  # fits int64
-
-# word masks: _PREFIX64[L] keeps the first (lowest) L bytes of a little-endian word, _SUFFIX64[L]
-# the last (highest) L; L = 9 (a field too long) keeps all 8
-_PREFIX64 = np.array([(1 << (8 * L)) - 1 for L in range(9)] + [(1 << 64) - 1], dtype=np.uint64)
-_SUFFIX64 = np.array([((1 << 64) - 1) ^ ((1 << (8 * (8 - L))) - 1) for L in range(9)], dtype=np.uint64)
-_C76 = np.uint64(0x7676767676767676)
-_C80 = np.uint64(0x8080808080808080)
-_M1 = np.uint64(0x000F000F000F000F)
-_M2 = np.uint64(0x000000FF000000FF)
-_M3 = np.uint64(0xFFFF)
-
-
-def criteo_feature_names() -> Tuple[List[str], List[str]]:
-    """(dense names ``I1..I13``, categorical names ``C1..C26``), Criteo's own column names."""
-    return [f"I{i}" for i in range(1, NUM_DENSE + 1)], [f"C{i}" for i in range(1, NUM_SPARSE + 1)]
-
-
-def _count_lines(path: Path, block: int = 1 << 24) -> int:
-    n = 0
-    last = b"\n"
-    with open(path, "rb") as f:
-        while True:
-            buf = f.read(block)
-            if not buf:
-                break
-            n += buf.count(b"\n")
-            last = buf[-1:]
-    return n + (0 if last == b"\n" else 1)
-
-
-def _read_line_chunks(path: Path, chunk_bytes: int) -> Iterator[Tuple[bytes, int]]:
-    """Yield (buffer of whole lines, its size in bytes); each buffer holds complete lines."""
-    carry = b""
-    with open(path, "rb") as f:
-        while True:
-            buf = f.read(chunk_bytes)
-            if not buf:
-                break
-            data = carry + buf
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                carry = data
-                continue
-            carry = data[cut + 1:]
-            yield data[:cut], len(buf)
-    if carry:
-        yield carry, 0
-
-
-def _parse_buffer(buf: bytes, max_ind_range: Optional[int]):
-    """Parse and validate the lines of ``buf`` (whole lines joined by ``\\n``, no final newline).
-
-    Everything is vectorised over the bytes: no Python object per line or field.
-
-    Returns:
-        (line_start int64 (n,), line_end int64 (n,), reason int8 (n,), labels float32 (m,),
-        dense float32 (m, 13) after log(1 + x), categorical values int64 (m, 26) after the
-        optional modulo), where reason is 0 for a good line else 1 + index into REASONS and the
-        last three hold the m good lines in order.
-    """
-    a = np.frombuffer(buf + b"\n", dtype=np.uint8)
-    is_nl = a == 10
-    line_end = np.flatnonzero(is_nl)
-    n = len(line_end)
-    line_start = np.empty(n, dtype=np.int64)
-    line_start[0] = 0
-    line_start[1:] = line_end[:-1] + 1
-    delims = np.flatnonzero(is_nl | (a == 9))
-    nl_at = np.flatnonzero(is_nl[delims])  # index in delims of each line's newline
-    first_delim = np.empty(n, dtype=np.int64)  # index in delims of each line's first delimiter
-    first_delim[0] = 0
-    first_delim[1:] = nl_at[:-1] + 1
-    fields = nl_at - first_delim + 1
-    reason = np.zeros(n, dtype=np.int8)
-    reason[fields != NUM_FIELDS] = 1
-    ok_idx = np.flatnonzero(reason == 0)
-    m = len(ok_idx)
-    empty = (line_start, line_end, reason, np.zeros(0, np.float32), np.zeros((0, NUM_DENSE), np.float32),
-             np.zeros((0, NUM_SPARSE), np.int64))
-    if m == 0:
-        return empty
-    ends = delims[first_delim[ok_idx, None] + np.arange(NUM_FIELDS)]  # (m, 40) end of each field
-    starts = np.empty_like(ends)
-    starts[:, 0] = line_start[ok_idx]
-    starts[:, 1:] = ends[:, :-1] + 1
-    lengths = ends - starts
-
-    lab_len = lengths[:, 0]
-    lab_char = a[starts[:, 0]]
-    bad_label = (lab_len != 1) | ((lab_char != 48) & (lab_char != 49))
-
-    # Fields are decoded with 64-bit word operations: w64[i] is the 8 bytes from a_pad[i] as a
-    # little-endian uint64 (an unaligned, overlapping view: one index per field, not per byte).
-    c0, d0 = 1 + NUM_DENSE, 1
-    pad = 24
-    a_pad = np.concatenate([np.zeros(pad, np.uint8), a, np.zeros(pad, np.uint8)])
-    w64 = np.ndarray(shape=(len(a_pad) - 7,), dtype="<u8", buffer=a_pad, strides=(1,))
-
-    # categorical: 8 bytes from the field's start; bytes past its end masked off
-    clen = np.minimum(lengths[:, c0:], 9)
-    inside = _PREFIX64[clen]
-    raw = w64[starts[:, c0:] + pad] & inside
-    b = raw.view(np.uint8).reshape(m, NUM_SPARSE, 8)
-    folded = b | np.uint8(0x20)  # 'A'-'F' -> 'a'-'f'
-    valid = ((b - np.uint8(48)) < 10) | ((folded - np.uint8(97)) < 6)
-    bad_cat = (((valid.view("<u8")[:, :, 0] * np.uint64(255)) ^ inside) & inside != 0).any(axis=1)
-    bad_cat |= (clen > 8).any(axis=1)
-    x = ((b & np.uint8(15)) + np.uint8(9) * (b >> np.uint8(6))).view("<u8")[:, :, 0]  # digit values
-
-    # dense: a right-aligned window of 8, 16 or 24 bytes ending at the field's end, digit values
-    # ('0' -> 0); only the field's digits are kept (a leading '-' is dropped: negative -> 0)
-    dlen = lengths[:, d0:c0]
-    dmax = int(min(dlen.max(), _MAX_DENSE_DIGITS + 1))
-    nw = max(1, -(-dmax // 8))
-    dw = 8 * nw
-    isminus0 = (a_pad[starts[:, d0:c0] + pad] == 45) & (dlen > 0)
-    ndig = np.minimum(dlen - isminus0, dw)  # digits kept from the right
-    first = ends[:, d0:c0, None] + (pad - dw) + 8 * np.arange(nw)
-    words = w64[first]  # (m, 13, nw)
-    words = (words.view(np.uint8) - np.uint8(48)).view("<u8")
-    kept = np.clip(ndig[:, :, None] - (dw - 8 * (np.arange(nw) + 1)), 0, 8)
-    words &= _SUFFIX64[kept]
-    with np.errstate(over="ignore"):
-        bad_dense = (((words + _C76) | words) & _C80 != 0).any(axis=(1, 2))  # a byte > 9: not a digit
-    bad_dense |= ((dlen > _MAX_DENSE_DIGITS + 1) | (isminus0 & (dlen == 1))
-                  | (~isminus0 & (dlen > _MAX_DENSE_DIGITS))).any(axis=1)
-
-    sub = np.zeros(m, dtype=np.int8)
-    sub[bad_cat] = 4
-    sub[bad_dense] = 3
-    sub[bad_label] = 2
-    reason[ok_idx] = sub
-    keep = sub == 0
-    if not keep.all():
-        x, clen, words, isminus0, lab_char = x[keep], clen[keep], words[keep], isminus0[keep], lab_char[keep]
-
-    dval = np.zeros(words.shape[:2], dtype=np.uint64)
-    for j in range(nw):
-        dval = dval * np.uint64(100_000_000) + _eight_digits(words[:, :, j])
-    dval[isminus0] = 0
-    dense = np.log(dval.astype(np.float64) + 1.0).astype(np.float32)
-
-    # categorical value: pack the 8 left-aligned nibbles (byte k = k-th digit) into one 32-bit
-    # number, then right-align by the field's length
-    y = ((x & _M1) << np.uint64(4)) | ((x >> np.uint64(8)) & _M1)  # 16-bit lane i: digits 2i, 2i+1
-    z = ((y & _M2) << np.uint64(8)) | ((y >> np.uint64(16)) & _M2)  # 32-bit lane j: digits 4j..4j+3
-    v = ((z & _M3) << np.uint64(16)) | ((z >> np.uint64(32)) & _M3)
-    cval = (v >> (np.uint64(4) * (np.uint64(8) - clen.astype(np.uint64)))).astype(np.int64)
-    if max_ind_range is not None:
-        cval %= max_ind_range
-    labels = (lab_char == 49).astype(np.float32)
-    return line_start, line_end, reason, labels, dense, cval
-
-
-def _eight_digits(w: np.ndarray) -> np.ndarray:
-    """The number written by 8 digit values (0..9), most significant in the lowest byte.
-
-    The multiply-and-shift parse of eight digits in a 64-bit word (as in Lemire's fast number
-    parsing): pairs, then the four pairs in one multiply pair.
-    """
-    with np.errstate(over="ignore"):
-        w = w * np.uint64(10) + (w >> np.uint64(8))  # byte 2i: 10 d_2i + d_2i+1
-        lo = w & _M2
-        hi = (w >> np.uint64(16)) & _M2
-        return (lo * np.uint64(100 + (1_000_000 << 32)) + hi * np.uint64(1 + (10_000 << 32))) >> np.uint64(32)
-
-
-class _Remapper:
-    """Per-feature dictionaries value -> contiguous id, in order of first appearance."""
-
-    def __init__(self, num_features: int):
-        self.dicts: List[Dict[int, int]] = [dict() for _ in range(num_features)]
-
-    def __call__(self, values: np.ndarray) -> np.ndarray:
-        import pandas as pd  # its hash-table factorize keeps first-appearance order, no sort
-
-        out = np.empty(values.shape, dtype=np.int64)
-        for j, d in enumerate(self.dicts):
-            codes, uniq = pd.factorize(values[:, j])
-            keys = uniq.tolist()
-            ids = np.fromiter(map(d.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
-            new = np.flatnonzero(ids < 0)  # in order of first appearance already
-            if len(new):
-                start = len(d)
-                ids[new] = np.arange(start, start + len(new), dtype=np.int64)
-                d.update(zip(uniq[new].tolist(), range(start, start + len(new))))
-            out[:, j] = ids[codes]
-        return out
-
-    @property
-    def cardinalities(self) -> List[int]:
-        return [len(d) for d in self.dicts]
+DEFAULT_PIECE_BYTES = 64 << 20
+DEFAULT_CHUNK_BYTES = 1 << 20  # faster than larger buffers (cache-resident temporaries)
 
 
 def _source_files(raw_data_file: Union[str, Path], dataset: str, days: int) -> List[Path]:
@@ -269,7 +83,14 @@ def _source_files(raw_data_file: Union[str, Path], dataset: str, days: int) -> L
     return files
 
 
-def _validate_options(dataset: str, days: Optional[int], max_ind_range: Optional[int]) -> Tuple[str, int, Optional[int]]:
+def _positive_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _validate_options(dataset: str, days: Optional[int], max_ind_range: Optional[int],
+                      frequency_threshold: Optional[int] = None) -> Tuple[str, int, Optional[int], int]:
     if dataset in ("kaggle", "criteo-kaggle"):
         dataset = "kaggle"
     elif dataset in ("terabyte", "criteo-terabyte"):
@@ -278,28 +99,21 @@ def _validate_options(dataset: str, days: Optional[int], max_ind_range: Optional
         raise ValueError(f"dataset must be 'kaggle' or 'terabyte', got {dataset!r}")
     if days is None:
         days = 7 if dataset == "kaggle" else 24
-    if isinstance(days, bool) or not isinstance(days, (int, np.integer)) or days < 2:
-        raise ValueError(f"days must be an int >= 2, got {days!r}")
-    if max_ind_range is not None and max_ind_range <= 0:
-        max_ind_range = None  # DLRM's -1 means "no reduction"
+    days = _positive_int("days", days, minimum=2)
     if max_ind_range is not None and (isinstance(max_ind_range, bool) or not isinstance(max_ind_range, (int, np.integer))):
         raise TypeError(f"max_ind_range must be an int, got {max_ind_range!r}")
-    return dataset, int(days), (int(max_ind_range) if max_ind_range is not None else None)
-
-
-def _fingerprint(files: Sequence[Path]) -> List[dict]:
-    out = []
-    for p in files:
-        st = p.stat()
-        out.append({"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-    return out
+    if max_ind_range is not None and max_ind_range <= 0:
+        max_ind_range = None  # DLRM's -1 means "no reduction"
+    threshold = 0 if frequency_threshold is None else _positive_int("frequency_threshold", frequency_threshold, minimum=0)
+    threshold = threshold if threshold > 1 else 0  # 0 and 1 both keep every value
+    return dataset, days, (int(max_ind_range) if max_ind_range is not None else None), threshold
 
 
 def default_cache_dir(raw_data_file: Union[str, Path], dataset: str = "kaggle", days: Optional[int] = None,
-                      max_ind_range: Optional[int] = None) -> Path:
+                      max_ind_range: Optional[int] = None, frequency_threshold: Optional[int] = None) -> Path:
     """``cache_root()/criteo/<dataset>-<hash of path and options>``."""
-    dataset, days, max_ind_range = _validate_options(dataset, days, max_ind_range)
-    key = f"{Path(raw_data_file).expanduser().resolve()}|{days}|{max_ind_range}"
+    dataset, days, max_ind_range, threshold = _validate_options(dataset, days, max_ind_range, frequency_threshold)
+    key = f"{Path(raw_data_file).expanduser().resolve()}|{days}|{max_ind_range}" + (f"|{threshold}" if threshold else "")
     return cache_root() / "criteo" / f"{dataset}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
@@ -313,6 +127,22 @@ def _first_malformed(meta: dict) -> Optional[Tuple[str, int, str]]:
     return None if best is None else best[1:]
 
 
+def _complete(cache: Path, options: dict, sources: List[dict]) -> Optional[dict]:
+    """The cache's meta if it is a finished cache for these options and sources, else None."""
+    try:
+        meta = json.loads((cache / "meta.json").read_text())
+        if meta.get("options") != options or meta.get("sources") != sources:
+            return None
+        n = max(int(meta["num_rows"]), 1)
+        for name, width in (("dense", NUM_DENSE), ("labels", 1), ("sparse", NUM_SPARSE)):
+            arr = np.load(cache / f"{name}.npy", mmap_mode="r")
+            if arr.shape[0] < n or (arr.ndim == 2 and arr.shape[1] != width):
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return meta
+
+
 def preprocess_criteo(
     raw_data_file: Union[str, Path],
     cache_dir: Optional[Union[str, Path]] = None,
@@ -320,10 +150,15 @@ def preprocess_criteo(
     dataset: str = "kaggle",
     days: Optional[int] = None,
     max_ind_range: Optional[int] = None,
+    frequency_threshold: Optional[int] = None,
     strict: bool = False,
     progress: bool = True,
-    chunk_bytes: int = 1 << 22,
+    workers: Optional[int] = 1,
+    merge_workers: Optional[int] = None,
+    piece_bytes: int = DEFAULT_PIECE_BYTES,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     force: bool = False,
+    log: Optional[Callable[[str], None]] = None,
 ) -> Path:
     """Preprocess Criteo text into a memory-mapped cache (once) and return the cache directory.
 
@@ -334,11 +169,21 @@ def preprocess_criteo(
         dataset: ``"kaggle"`` or ``"terabyte"``.
         days: pseudo-days (Kaggle, default 7) or day files (Terabyte, default 24).
         max_ind_range: if > 0, categorical hex values are reduced modulo it before remapping.
+        frequency_threshold: if > 1, values seen fewer times share id 0 (see the module doc).
         strict: raise ``ValueError`` at the first malformed line instead of skipping it (with a
             valid cache, raise if the cache recorded malformed lines).
-        progress: show a tqdm progress bar over the bytes read.
-        chunk_bytes: bytes read per chunk.
-        force: rebuild even if a valid cache exists.
+        progress: show tqdm progress bars and log the resource estimate to stderr.
+        workers: worker processes, at most one per piece; ``None``: the CPUs this process may
+            use (the default of ``compemb data prepare criteo``); 1 (the default here) runs
+            everything in this process. The output does not depend on it. Workers come from
+            multiprocessing's forkserver, which imports the main module: a script that asks for
+            more than one needs ``if __name__ == "__main__":``.
+        merge_workers: fields merged at once (default ``workers``); each holds one field's
+            distinct values, so this bounds the peak memory.
+        piece_bytes: bytes of text per piece, the unit of work and of resumption.
+        chunk_bytes: bytes parsed at once within a piece.
+        force: rebuild from scratch even if a valid cache or a resumable build exists.
+        log: called with the estimate and progress lines (default: stderr when ``progress``).
 
     Returns:
         The cache directory (open it with :class:`~dlrm.data.batching.CachedDataset`).
@@ -346,32 +191,52 @@ def preprocess_criteo(
     Raises:
         FileNotFoundError: a source file is missing. ValueError: bad options, or strict mode and a
         malformed line (the message names the file, line number and reason).
+
+    Example:
+        >>> cache = preprocess_criteo("/data/day", dataset="terabyte", max_ind_range=40_000_000,
+        ...                           frequency_threshold=3, workers=16)  # doctest: +SKIP
     """
-    dataset, days, max_ind_range = _validate_options(dataset, days, max_ind_range)
+    dataset, days, max_ind_range, threshold = _validate_options(dataset, days, max_ind_range, frequency_threshold)
+    if workers is not None:
+        workers = _positive_int("workers", workers)
+    if merge_workers is not None:
+        merge_workers = _positive_int("merge_workers", merge_workers)
+    piece_bytes = _positive_int("piece_bytes", piece_bytes)
+    chunk_bytes = _positive_int("chunk_bytes", chunk_bytes)
     files = _source_files(raw_data_file, dataset, days)
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(raw_data_file, dataset, days, max_ind_range)
-    options = {"dataset": dataset, "days": days, "max_ind_range": max_ind_range, "format_version": CACHE_FORMAT_VERSION}
-    fingerprint = _fingerprint(files)
-    meta_path = cache / "meta.json"
+    cache = (Path(cache_dir).expanduser() if cache_dir is not None
+             else default_cache_dir(raw_data_file, dataset, days, max_ind_range, threshold))
+    options = {"dataset": dataset, "days": days, "max_ind_range": max_ind_range, "frequency_threshold": threshold,
+               "format_version": CACHE_FORMAT_VERSION}
+    sources = fingerprint(files)
+    if log is None and progress:
+        def log(line: str) -> None:
+            print(line, file=sys.stderr)
     cache.mkdir(parents=True, exist_ok=True)
     # One builder at a time per cache (e.g. several sweep workers starting together): the others
     # wait here, then find its complete cache instead of rebuilding the files under it.
     with _cache_lock(cache):
-        if not force and meta_path.is_file():
-            import json
-
-            try:
-                meta = json.loads(meta_path.read_text())
-            except ValueError:
-                meta = {}
-            if meta.get("options") == options and meta.get("sources") == fingerprint:
-                if strict:
-                    first = _first_malformed(meta)
-                    if first is not None:
-                        raise ValueError(f"{first[0]}:{first[1]}: malformed Criteo line ({first[2]}) (strict mode; found in the cache's report)")
-                return cache
-        _build(files, cache, dataset, days, max_ind_range, strict, progress, chunk_bytes, options, fingerprint)
+        meta = None if force else _complete(cache, options, sources)
+        if meta is not None:
+            for stale in cache.glob(".work-*"):  # a build killed after its meta.json was written
+                shutil.rmtree(stale, ignore_errors=True)
+            if strict:
+                first = _first_malformed(meta)
+                if first is not None:
+                    raise ValueError(f"{first[0]}:{first[1]}: malformed Criteo line ({first[2]}) "
+                                     "(strict mode; found in the cache's report)")
+            return cache
+        if force:
+            for stale in cache.glob(".work-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        _build(files, cache, dataset=dataset, days=days, max_ind_range=max_ind_range, frequency_threshold=threshold,
+               strict=strict, progress=progress, chunk_bytes=chunk_bytes, piece_bytes=piece_bytes, workers=workers,
+               merge_workers=merge_workers, options=options, sources=sources, log=log)
     return cache
+
+
+def _build(files, cache, **kwargs) -> dict:
+    return build(files, cache, **kwargs)
 
 
 @contextlib.contextmanager
@@ -390,94 +255,34 @@ def _cache_lock(cache: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _build(files, cache: Path, dataset, days, max_ind_range, strict, progress, chunk_bytes, options, fingerprint) -> None:
-    from tqdm.auto import tqdm
+def estimate_resources(
+    raw_data_file: Union[str, Path],
+    *,
+    dataset: str = "kaggle",
+    days: Optional[int] = None,
+    max_ind_range: Optional[int] = None,
+    frequency_threshold: Optional[int] = None,
+    workers: int = 1,
+    merge_workers: Optional[int] = None,
+    piece_bytes: int = DEFAULT_PIECE_BYTES,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    distinct: Optional[Sequence[int]] = None,
+) -> ResourceEstimate:
+    """Memory and disk a :func:`preprocess_criteo` run will need, from file sizes and options.
 
-    cache.mkdir(parents=True, exist_ok=True)
-    for name in ("meta.json", "dense.npy", "sparse.npy", "labels.npy"):
-        if (cache / name).exists():
-            (cache / name).unlink()
+    Lines are estimated from the files' sizes and the first MB; the merge's memory from
+    ``distinct`` (expected distinct values per field, e.g. the data set's known cardinalities) or,
+    without it, from the bound ``min(lines, max_ind_range, 2**32)`` per field.
 
-    # pass 1: line counts (fix the pseudo-day boundaries and the array sizes)
-    line_counts = [_count_lines(p) for p in files]
-    total_lines = sum(line_counts)
-    if dataset == "kaggle":
-        day_lines = pseudo_day_counts(total_lines, days)
-    else:
-        day_lines = line_counts
-    day_ends = np.cumsum(day_lines, dtype=np.int64)  # global 0-based line index boundaries
-    max_id = min(total_lines, max_ind_range or total_lines, 1 << 32)
-    sparse_dtype = np.int32 if max_id <= np.iinfo(np.int32).max else np.int64
-    rows_alloc = max(total_lines, 1)
-    dense_mm = np.lib.format.open_memmap(cache / "dense.npy", mode="w+", dtype=np.float32, shape=(rows_alloc, NUM_DENSE))
-    sparse_mm = np.lib.format.open_memmap(cache / "sparse.npy", mode="w+", dtype=sparse_dtype, shape=(rows_alloc, NUM_SPARSE))
-    labels_mm = np.lib.format.open_memmap(cache / "labels.npy", mode="w+", dtype=np.float32, shape=(rows_alloc,))
-
-    # pass 2: parse, remap, write
-    remap = _Remapper(NUM_SPARSE)
-    report = {r: {"count": 0, "first": []} for r in REASONS}
-    day_rows = np.zeros(days, dtype=np.int64)
-    row = 0
-    line0 = 0  # global 0-based index of the current chunk's first line
-    total_bytes = sum(f["size"] for f in fingerprint)
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="criteo preprocess", disable=not progress) as bar:
-        for fi, path in enumerate(files):
-            file_line0 = line0
-            for buf, nbytes in _read_line_chunks(path, chunk_bytes):
-                if b"\r" in buf:  # tolerate CRLF line ends
-                    buf = buf.replace(b"\r\n", b"\n")
-                    if buf.endswith(b"\r"):
-                        buf = buf[:-1]
-                lstart, lend, reason, labels, dense, cval = _parse_buffer(buf, max_ind_range)
-                nlines = len(reason)
-                bad = np.flatnonzero(reason)
-                if len(bad):
-                    if strict:
-                        i = int(bad[0])
-                        raise ValueError(f"{path}:{line0 - file_line0 + i + 1}: malformed Criteo line "
-                                         f"({REASONS[reason[i] - 1]}): {buf[lstart[i]:min(lend[i], lstart[i] + 200)]!r}")
-                    for r in range(1, len(REASONS) + 1):
-                        hits = bad[reason[bad] == r]
-                        if len(hits):
-                            rep = report[REASONS[r - 1]]
-                            rep["count"] += int(len(hits))
-                            room = MAX_REPORTED_LINES - len(rep["first"])
-                            for i in hits[:max(room, 0)].tolist():
-                                rep["first"].append({"file": path.name, "file_index": fi, "line": line0 - file_line0 + i + 1})
-                m = len(labels)
-                if m:
-                    good_lines = line0 + np.flatnonzero(reason == 0)
-                    day_rows += np.bincount(np.searchsorted(day_ends, good_lines, side="right"), minlength=days)[:days]
-                    dense_mm[row:row + m] = dense
-                    sparse_mm[row:row + m] = remap(cval)
-                    labels_mm[row:row + m] = labels
-                    row += m
-                line0 += nlines
-                bar.update(nbytes)
-    for mm in (dense_mm, sparse_mm, labels_mm):
-        mm.flush()
-    del dense_mm, sparse_mm, labels_mm
-    if line0 != total_lines:  # the files changed between the passes
-        raise RuntimeError(f"line count changed while preprocessing ({total_lines} then {line0}); rerun")
-    dense_names, sparse_names = criteo_feature_names()
-    cards = [max(c, 1) for c in remap.cardinalities]  # an all-malformed file still gets valid tables
-    meta = {
-        "name": f"criteo-{dataset}",
-        "options": options,
-        "sources": fingerprint,
-        "num_lines": total_lines,
-        "num_rows": row,
-        "num_malformed": total_lines - row,
-        "malformed": {k: v for k, v in report.items() if v["count"]},
-        "day_lines": [int(x) for x in day_lines],
-        "day_rows": day_rows.tolist(),
-        "splits": {k: [r.start, r.stop] for k, r in day_split_ranges(day_rows.tolist()).items()},
-        "feature_names": sparse_names,
-        "dense_names": dense_names,
-        "cardinalities": cards,
-        "sparse_dtype": np.dtype(sparse_dtype).name,
-    }
-    write_cache_meta(cache, meta)
+    Example:
+        >>> print(estimate_resources("/data/train.txt", workers=16))  # doctest: +SKIP
+    """
+    dataset, days, max_ind_range, threshold = _validate_options(dataset, days, max_ind_range, frequency_threshold)
+    workers = _positive_int("workers", workers)
+    files = _source_files(raw_data_file, dataset, days)
+    return estimate(files, max_ind_range=max_ind_range, frequency_threshold=threshold, workers=workers,
+                    merge_workers=min(merge_workers or workers, workers, NUM_SPARSE), piece_bytes=piece_bytes,
+                    chunk_bytes=chunk_bytes, distinct=distinct)
 
 
 def load_criteo(
@@ -487,8 +292,10 @@ def load_criteo(
     cache_dir: Optional[Union[str, Path]] = None,
     days: Optional[int] = None,
     max_ind_range: Optional[int] = None,
+    frequency_threshold: Optional[int] = None,
     strict: bool = False,
     progress: bool = True,
+    workers: Optional[int] = 1,
     force: bool = False,
 ) -> CachedDataset:
     """Preprocess (if needed) and open a Criteo data set; see :func:`preprocess_criteo`.
@@ -498,7 +305,8 @@ def load_criteo(
         >>> ds.cardinalities[:3], len(ds.split("train"))  # doctest: +SKIP
     """
     cache = preprocess_criteo(raw_data_file, cache_dir, dataset=dataset, days=days, max_ind_range=max_ind_range,
-                              strict=strict, progress=progress, force=force)
+                              frequency_threshold=frequency_threshold, strict=strict, progress=progress,
+                              workers=workers, force=force)
     return CachedDataset.open(cache)
 
 

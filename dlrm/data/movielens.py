@@ -225,7 +225,8 @@ def load_movielens_100k(cache_dir: Optional[Union[str, Path]] = None, split_seed
     cards = [len(user_raw), len(item_raw), len(AGE_BUCKETS) + 1, len(gender_vocab), len(occ_vocab),
              len(zip_vocab), len(zip_prefix_vocab), len(year_vocab), len(genre_vocab)]
     layout = [("onehot", j) for j in range(8)] + [("bag", "genres")]
-    info = {"source": str(directory), "split_seed": split_seed, "num_ratings": n, "label_rate": float(labels.mean(dtype=np.float64)),
+    info = {"source": str(directory), "split_seed": split_seed, "num_ratings": n,
+            "label_rate": float(labels.mean(dtype=np.float64)),
             "vocab": {"gender": gender_vocab, "occupation": occ_vocab, "genres": genre_vocab,
                       "release_year": year_vocab, "zip_prefix": zip_prefix_vocab}}
     return RecDataset("movielens-100k", dense, labels, sparse, list(FEATURES), cards, splits, layout=layout,

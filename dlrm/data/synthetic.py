@@ -207,7 +207,8 @@ class SyntheticCriteo:
             return (np.zeros((0, NUM_DENSE), np.int64), np.zeros((0, NUM_DENSE), bool),
                     np.zeros((0, NUM_SPARSE), np.int64), np.zeros(0, np.float32))
         off = start - (start // CHUNK_ROWS) * CHUNK_ROWS
-        return tuple(np.concatenate(a)[off:off + stop - start] for a in zip(*parts))
+        dense, missing, sparse, labels = (np.concatenate(a)[off:off + stop - start] for a in zip(*parts))
+        return dense, missing, sparse, labels
 
     def iter_rows(self, num_rows: int, block: int = CHUNK_ROWS) -> Iterator[Tuple[int, Tuple[np.ndarray, ...]]]:
         """Yield (start, rows) blocks covering ``[0, num_rows)``."""
@@ -249,7 +250,8 @@ def load_synthetic(rows: int = 100_000, scale: float = 100.0, seed: int = 0, alp
         sparse[start:stop] = cats
         labels[start:stop] = lab
     splits = day_split_ranges(pseudo_day_counts(rows, days))
-    info = {"seed": seed, "scale": scale, "alpha": alpha, "rows": rows, "days": days, "label_rate": float(labels.mean(dtype=np.float64))}
+    info = {"seed": seed, "scale": scale, "alpha": alpha, "rows": rows, "days": days,
+            "label_rate": float(labels.mean(dtype=np.float64))}
     return RecDataset("synthetic", dense, labels, sparse, [f"C{i}" for i in range(1, NUM_SPARSE + 1)],
                       gen.cardinalities, splits, dense_names=[f"I{i}" for i in range(1, NUM_DENSE + 1)], info=info)
 
