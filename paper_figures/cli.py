@@ -3,7 +3,7 @@
 Usage::
 
     compemb figures                                  # each figure from its own paper study
-    compemb figures --study demo                     # all four from one study
+    compemb figures --study demo                     # figures 1-4 from one study (5 is skipped)
     compemb figures fig1 fig4 --study paper-all --storage postgresql://...
     compemb figures fig1 --run-missing --seeds 0,1,2 # run the figure's grid first if needed
 
@@ -27,6 +27,7 @@ FIGURES = {
     "fig2": ("paper_figures.fig2_threshold", "paper-thresholds"),
     "fig3": ("paper_figures.fig3_path_table", "paper-path"),
     "fig4": ("paper_figures.fig4_pareto", "paper-collisions"),
+    "fig5": ("paper_figures.fig5_compression", "compression"),
 }
 
 

@@ -22,11 +22,17 @@ def _rows(n: int, config: Dict[str, Any]) -> int:
     method = config.get("method", "full")
     if n <= int(config.get("threshold", 0)) or method == "full":
         return n
+    if config.get("compression") is not None:  # a ratio asked for: about n / R rows' worth of parameters
+        return max(1, math.ceil(n / float(config["compression"])))
     c = int(config.get("num_collisions", 4))
     if method == "hash":
         return -(-n // c)
-    if method in ("qr", "path"):
+    if method in ("qr", "path", "freq", "cluster"):
         return c + -(-n // c)
+    if method == "robe":
+        return -(-n // c)
+    if method == "tt":
+        return max(1, n // 8)
     if method in ("gqr", "crt"):
         k = int(config.get("k", 3))
         return k * math.ceil(n ** (1.0 / k))

@@ -3,11 +3,11 @@
 A trial's config is flat (what a search space writes); :func:`train_config` sorts its fields into a
 :class:`dlrm.train.TrainConfig`: the :class:`compemb.config.EmbeddingBagConfig` fields
 (``operation``, ``num_collisions``, ``k``, ``hidden_dims``, ``compose``, ``backend``, ``mode``,
-``md_dim``) go to ``embedding_options`` and the rest must be ``TrainConfig`` fields (an unknown
-field is a ``ValueError`` naming it and its close matches). Each worker process loads a data set
-once and reuses it for all its trials. :data:`train_objective` also has ``check_config``, which the
-sweep runner calls on every trial's config before the first trial, so that a typo in ``--set``
-fails at once rather than in every trial.
+``md_dim``, ``tt_rank``, ``num_hot``, ``compression``) go to ``embedding_options`` and the rest must be
+``TrainConfig`` fields (an unknown field is a ``ValueError`` naming it and its close matches). Each
+worker process loads a data set once and reuses it for all its trials. :data:`train_objective` also
+has ``check_config``, which the sweep runner calls on every trial's config before the first trial,
+so that a typo in ``--set`` fails at once rather than in every trial.
 
 Example::
 
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["train_config", "train_objective", "TrainObjective", "config_fields", "EMBEDDING_FIELDS"]
 
 #: flat config fields that belong to the tables' EmbeddingBagConfig
-EMBEDDING_FIELDS = ("operation", "num_collisions", "k", "hidden_dims", "compose", "backend", "mode", "md_dim")
+EMBEDDING_FIELDS = ("operation", "num_collisions", "k", "hidden_dims", "compose", "backend", "mode", "md_dim",
+                    "tt_rank", "num_hot", "compression")
 
 _DATASETS: Dict[Tuple[str, str], Any] = {}
 
@@ -72,9 +73,10 @@ def train_config(config: Mapping[str, Any]) -> TrainConfig:
     used = {
         "full": (), "hash": ("num_collisions",), "qr": ("operation", "num_collisions"),
         "gqr": ("operation", "k"), "crt": ("operation", "k"), "path": ("num_collisions", "hidden_dims"),
-        "md": ("md_dim",),
+        "md": ("md_dim",), "tt": ("tt_rank",), "robe": ("num_collisions",),
+        "freq": ("operation", "num_collisions", "num_hot"), "cluster": ("operation", "num_collisions"),
     }.get(method, EMBEDDING_FIELDS)
-    common = ("compose", "backend", "mode")
+    common = ("compose", "backend", "mode", "compression")
     emb = {k: v for k, v in emb.items() if k in used or k in common}
     if emb:
         merged = dict(kwargs.get("embedding_options", {}))

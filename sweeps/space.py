@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
 
+from compemb.compression import COMPRESSED_METHODS
 from compemb.options import METHODS
 from compemb.options import OPERATIONS as _ALL_OPERATIONS
 
@@ -39,6 +40,9 @@ __all__ = [
     "DIRECTIONS",
     "OBJECTIVE_NAMES",
     "parse_seeds",
+    "COMPRESSION_RATIOS",
+    "COMPRESSION_RECLUSTER_EVERY",
+    "compression_points",
 ]
 
 #: Collisions of the paper's main figure (Shi et al. 2020, Fig. 3/4): 2-7 and 60.
@@ -247,6 +251,33 @@ def extra_points(k: int = 3, alphas: Sequence[float] = (0.3,)) -> Tuple[Tuple[st
     return tuple(_kpart(m, op, k) for m in ("gqr", "crt") for op in OPERATIONS) + tuple(_md(a) for a in alphas)
 
 
+#: compression ratios of the ``compression`` space: every compressed method at each
+COMPRESSION_RATIOS: Tuple[int, ...] = (4, 16, 64)
+#: steps between re-clusterings of the ``cluster`` tables in the ``compression`` space (three times
+#: in an epoch of MovieLens-100k at batch 128)
+COMPRESSION_RECLUSTER_EVERY = 200
+
+
+def _at_ratio(method: str, ratio: int, threshold: int = DEFAULT_THRESHOLD) -> Tuple[str, Point]:
+    """``method`` with its size chosen for ``compression=ratio`` (``compemb.compression``)."""
+    fields: Point = {"method": method, "compression": ratio, "threshold": threshold}
+    if method in ("qr", "gqr", "crt", "freq", "cluster"):
+        fields["operation"] = "mult"  # the paper's best operation
+    if method in ("gqr", "crt"):
+        fields["k"] = 3  # k = 2 would be QR again
+    if method == "cluster":
+        fields["recluster_every"] = COMPRESSION_RECLUSTER_EVERY
+    return f"{method}-r{ratio}", fields
+
+
+def compression_points(methods: Sequence[str] = COMPRESSED_METHODS,
+                       ratios: Sequence[int] = COMPRESSION_RATIOS) -> Tuple[Tuple[str, Point], ...]:
+    """The equal-memory comparison: the full model, then every compressed method at every ratio
+    (its own size parameter chosen so that each compressed table holds at most ``1/R`` of its full
+    size; tables with at most :data:`DEFAULT_THRESHOLD` rows stay full)."""
+    return (_full(),) + tuple(_at_ratio(m, r) for r in ratios for m in methods)
+
+
 def _open_suggest(trial) -> Point:
     """NSGA-II's search: method, operation, collisions, threshold, width and learning rate."""
     method = trial.suggest_categorical("method", [m for m in METHODS if m != "full"])
@@ -256,10 +287,14 @@ def _open_suggest(trial) -> Point:
         "embedding_dim": trial.suggest_categorical("embedding_dim", [4, 8, 16, 32]),
         "learning_rate": trial.suggest_float("learning_rate", 1e-3, 3e-1, log=True),
     }
-    if method in ("qr", "gqr", "crt"):
+    if method in ("qr", "gqr", "crt", "freq", "cluster"):
         fields["operation"] = trial.suggest_categorical("operation", list(OPERATIONS))
-    if method in ("hash", "qr", "path"):
+    if method in ("hash", "qr", "path", "freq", "cluster", "robe"):
         fields["num_collisions"] = trial.suggest_int("num_collisions", 2, 64, log=True)
+    if method == "freq":  # rows of their own for the most frequent categories of the training split
+        fields["num_hot"] = trial.suggest_int("num_hot", 16, 4096, log=True)
+    if method == "tt":
+        fields["tt_rank"] = trial.suggest_int("tt_rank", 2, 32, log=True)
     if method in ("gqr", "crt"):
         fields["k"] = 3
     if method == "path":
@@ -321,6 +356,17 @@ def _tiny(seeds=(0, 1)) -> SearchSpace:
                        dict(PAPER_BASE))
 
 
+#: Base fields of the ``compression`` space: three epochs evaluated every half epoch (MovieLens-100k
+#: at batch 128), each run tested with its best validation weights, so a method that overfits later
+#: (the full tables do after one epoch) and one that learns slower are both judged at their best.
+COMPRESSION_BASE: Point = {**PAPER_BASE, "epochs": 3, "eval_every": 313}
+
+
+def _compression(seeds=(0, 1, 2)) -> SearchSpace:
+    return SearchSpace("compression", "every compressed method at compression 4, 16 and 64x against the full model "
+                                      "(figure 5)", compression_points(), tuple(seeds), dict(COMPRESSION_BASE))
+
+
 SPACES: Dict[str, Callable[..., SearchSpace]] = {
     "paper-collisions": _paper_collisions,
     "paper-thresholds": _paper_thresholds,
@@ -330,6 +376,7 @@ SPACES: Dict[str, Callable[..., SearchSpace]] = {
     "open": _open,
     "demo": _demo,
     "tiny": _tiny,
+    "compression": _compression,
 }
 
 

@@ -179,7 +179,7 @@ def estimate(files: Sequence[Path], *, max_ind_range: Optional[int], frequency_t
 
 
 def build(files: Sequence[Path], cache: Path, *, dataset: str, days: int, max_ind_range: Optional[int],
-          frequency_threshold: int, strict: bool, progress: bool, chunk_bytes: int, piece_bytes: int,
+          frequency_threshold: int, require_splits: bool, strict: bool, progress: bool, chunk_bytes: int, piece_bytes: int,
           workers: Optional[int], merge_workers: Optional[int], options: dict, sources: List[dict],
           log: Optional[Log]) -> dict:
     """Build the cache (see the module docstring); return what was done and reused."""
@@ -196,6 +196,8 @@ def build(files: Sequence[Path], cache: Path, *, dataset: str, days: int, max_in
                          counts=frequency_threshold > 1)
         if fingerprint(files) != sources:
             raise RuntimeError("a source file changed while preprocessing; rerun")
+        if require_splits:
+            _check_days(files, b.pieces, parsed, dataset, days)  # before the merge and the writes
         uniq = np.array([parsed[p]["uniq"] for p in range(len(b.pieces))], dtype=np.int64).reshape(-1, NUM_SPARSE)
         cards = b.merge(runner, uniq, frequency_threshold, merge_workers)
         rows = np.array([parsed[p]["rows"] for p in range(len(b.pieces))], dtype=np.int64)
@@ -345,6 +347,21 @@ def fingerprint(files: Sequence[Path]) -> List[dict]:
         st = p.stat()
         out.append({"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
     return out
+
+
+def check_day_lines(day_lines: Sequence[int], total_lines: int, days: int) -> None:
+    """Refuse a cut into pseudo-days that leaves a day, and so the test and validation splits, empty."""
+    if min(day_lines) < 1:
+        raise ValueError(f"days={days} cuts {total_lines} lines into pseudo-days of {min(day_lines)} lines: the last "
+                         f"day, halved into the test and validation splits, would be empty; use days <= {max(total_lines, 1)}")
+
+
+def _check_days(files, pieces, parsed, dataset: str, days: int) -> None:
+    from .batching import pseudo_day_counts  # imports torch: the driver only
+
+    if dataset == "kaggle":  # Terabyte's days are its files: an empty day file is the user's data
+        total = sum(parsed[p]["lines"] for p in range(len(pieces)))
+        check_day_lines(pseudo_day_counts(total, days), total, days)
 
 
 def _meta(files, pieces, parsed, work, dataset, days, cards, num_rows, sparse_dtype, options, sources) -> dict:

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import List, Optional
 
 
@@ -84,7 +85,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 return 0
             cache = preprocess_criteo(args.raw_data_file, args.cache_dir, strict=args.strict, progress=not args.no_progress,
                                       workers=args.workers, merge_workers=args.merge_workers, piece_bytes=piece_bytes,
-                                      force=args.force, log=lambda line: print(line, flush=True), **options)
+                                      force=args.force, log=lambda line: print(line, flush=True),
+                                      require_splits=args.days is not None, **options)
         except (ValueError, FileNotFoundError) as e:
             print(f"compemb data prepare: {e}", file=sys.stderr)
             return 1
@@ -101,6 +103,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "synthetic":
         from .synthetic import write_criteo_text, write_synthetic_cache
 
+        target = Path(args.out).expanduser()
+        if args.criteo_text and target.is_dir():
+            print(f"compemb data synthetic: error: --out {args.out} is a directory; with --criteo-text it names "
+                  "the text file to write", file=sys.stderr)
+            return 2
+        if not args.criteo_text and target.exists() and not target.is_dir():
+            print(f"compemb data synthetic: error: --out {args.out} is an existing file; it names the cache "
+                  "directory to write (or add --criteo-text to write Criteo text)", file=sys.stderr)
+            return 2
         t = time.perf_counter()
         try:
             if args.criteo_text:

@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -159,6 +160,7 @@ def preprocess_criteo(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     force: bool = False,
     log: Optional[Callable[[str], None]] = None,
+    require_splits: bool = False,
 ) -> Path:
     """Preprocess Criteo text into a memory-mapped cache (once) and return the cache directory.
 
@@ -184,6 +186,9 @@ def preprocess_criteo(
         chunk_bytes: bytes parsed at once within a piece.
         force: rebuild from scratch even if a valid cache or a resumable build exists.
         log: called with the estimate and progress lines (default: stderr when ``progress``).
+        require_splits: refuse, after parsing and before anything is written, a split into days
+            that leaves a day empty (so the test and validation splits would be empty); the
+            ``compemb data prepare`` command asks for it.
 
     Returns:
         The cache directory (open it with :class:`~dlrm.data.batching.CachedDataset`).
@@ -212,27 +217,49 @@ def preprocess_criteo(
     if log is None and progress:
         def log(line: str) -> None:
             print(line, file=sys.stderr)
-    cache.mkdir(parents=True, exist_ok=True)
+    # A finished cache is only read: no lock file, so it also works on a read-only file system.
+    meta = None if force else _complete(cache, options, sources)
+    if meta is not None:
+        return _finished(cache, meta, strict)
+    _check_writable_cache(cache)
     # One builder at a time per cache (e.g. several sweep workers starting together): the others
     # wait here, then find its complete cache instead of rebuilding the files under it.
     with _cache_lock(cache):
         meta = None if force else _complete(cache, options, sources)
         if meta is not None:
-            for stale in cache.glob(".work-*"):  # a build killed after its meta.json was written
-                shutil.rmtree(stale, ignore_errors=True)
-            if strict:
-                first = _first_malformed(meta)
-                if first is not None:
-                    raise ValueError(f"{first[0]}:{first[1]}: malformed Criteo line ({first[2]}) "
-                                     "(strict mode; found in the cache's report)")
-            return cache
+            return _finished(cache, meta, strict)
         if force:
             for stale in cache.glob(".work-*"):
                 shutil.rmtree(stale, ignore_errors=True)
         _build(files, cache, dataset=dataset, days=days, max_ind_range=max_ind_range, frequency_threshold=threshold,
-               strict=strict, progress=progress, chunk_bytes=chunk_bytes, piece_bytes=piece_bytes, workers=workers,
+               require_splits=require_splits, strict=strict, progress=progress, chunk_bytes=chunk_bytes,
+               piece_bytes=piece_bytes, workers=workers,
                merge_workers=merge_workers, options=options, sources=sources, log=log)
     return cache
+
+
+def _finished(cache: Path, meta: dict, strict: bool) -> Path:
+    for stale in cache.glob(".work-*"):  # a build killed after its meta.json was written
+        shutil.rmtree(stale, ignore_errors=True)
+    if strict:
+        first = _first_malformed(meta)
+        if first is not None:
+            raise ValueError(f"{first[0]}:{first[1]}: malformed Criteo line ({first[2]}) "
+                             "(strict mode; found in the cache's report)")
+    return cache
+
+
+def _check_writable_cache(cache: Path) -> None:
+    """Create the cache directory, or say clearly why it cannot be written."""
+    if cache.exists() and not cache.is_dir():
+        raise ValueError(f"cache directory {cache} is an existing file; pass --cache-dir a directory")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create the cache directory {cache}: {error.strerror or error}") from error
+    if not os.access(cache, os.W_OK | os.X_OK):
+        raise ValueError(f"cache directory {cache} is not writable (and holds no finished cache for these "
+                         "options); pass a writable --cache-dir")
 
 
 def _build(files, cache, **kwargs) -> dict:
