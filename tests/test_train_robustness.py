@@ -15,27 +15,14 @@ import torch
 import dlrm.train as T
 from dlrm.checkpoint import CheckpointError, load_checkpoint
 from dlrm.cli import train_main
-from dlrm.data.batching import RecDataset
 from dlrm.train import CHECKPOINT_NAME, TrainConfig, TrainingCollapsedError, train
+from _tiny_data import tiny_dataset
 
 TIME_KEYS = {"wall_time_s", "samples_per_s"}
 # a tiny synthetic run through the CLI (13 dense features, small tables)
 CLI_SYNTH = ["--data-set", "synthetic", "--synthetic-rows", "1500", "--synthetic-scale", "1e5",
              "--arch-sparse-feature-size", "4", "--arch-mlp-bot", "13-4", "--arch-mlp-top", "4-1",
              "--mini-batch-size", "64", "--no-progress"]
-
-
-def tiny_dataset(n=600, seed=0):
-    """A small data set with a learnable signal (labels from a hidden logistic teacher)."""
-    rng = np.random.default_rng(seed)
-    cards = [50, 7, 200]
-    sparse = np.stack([rng.integers(0, c, n) for c in cards], axis=1)
-    dense = rng.normal(size=(n, 2)).astype(np.float32)
-    effects = [rng.normal(size=c) * 1.5 for c in cards]
-    logit = dense[:, 0] + sum(e[sparse[:, j]] for j, e in enumerate(effects))
-    labels = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
-    return RecDataset("tiny", dense, labels, sparse, ["a", "b", "c"], cards,
-                      {"train": range(0, 400), "val": range(400, 500), "test": range(500, 600)})
 
 
 def small_config(**kw):
