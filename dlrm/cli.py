@@ -492,7 +492,8 @@ def _leave(job: Any, code: int) -> int:
     """``code``; a rank of a distributed job exits here, its output flushed and its process group
     down, without the interpreter's teardown, where C++ destructors race with gloo's threads
     ("terminate called without an active exception", SIGABRT after a finished run)."""
-    if getattr(job, "parallel", None) is None:
+    # only a process that the elastic launcher started is ours to end (not, e.g., a test's worker)
+    if getattr(job, "parallel", None) is None or "TORCHELASTIC_RUN_ID" not in os.environ:
         return code
     sys.stdout.flush()
     sys.stderr.flush()
