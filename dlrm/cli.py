@@ -472,7 +472,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"compemb train: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     if not job.is_main:
-        return _leave(job, 0)
+        return 0
     if malformed is not None:
         result = {**result, "malformed_lines": malformed}
     if args.json:
@@ -485,19 +485,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
             value = result[key]
             text = f"{value:.6f}" if isinstance(value, float) else str(value)
             print(f"{key:<{width}}  {text}")
-    return _leave(job, 0)
-
-
-def _leave(job: Any, code: int) -> int:
-    """``code``; a rank of a distributed job exits here, its output flushed and its process group
-    down, without the interpreter's teardown, where C++ destructors race with gloo's threads
-    ("terminate called without an active exception", SIGABRT after a finished run)."""
-    # only a process that the elastic launcher started is ours to end (not, e.g., a test's worker)
-    if getattr(job, "parallel", None) is None or "TORCHELASTIC_RUN_ID" not in os.environ:
-        return code
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    return 0
 
 
 def data_main(argv: Optional[Sequence[str]] = None) -> int:
