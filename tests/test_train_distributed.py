@@ -83,9 +83,9 @@ def job(work):
                         "--sharding-type", "data_parallel", "--no-progress"]),
     ]
     jobs = [(name, _free_port(), args) for name, args in case_list]
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "torchrec.distributed.model_parallel", "dlrm.cli", "dlrm.train",
-                                "_train_distributed_cases"])
+    # spawn, not the process-wide forkserver: another test may have started that server already
+    # (with its own preloads and the environment of that moment), and the ranks must see this one
+    ctx = mp.get_context("spawn")
     q = ctx.Queue()
     procs = [ctx.Process(target=cases.worker, args=(r, cases.WORLD, jobs, q)) for r in range(cases.WORLD)]
     for p in procs:
