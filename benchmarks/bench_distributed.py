@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
-import socket
 import sys
 import time
 from collections import defaultdict
@@ -27,7 +25,9 @@ from typing import Any, Dict, List
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from dlrm.distributed_setup import close_process_group
+from dlrm.local_ranks import RanksFailedError, free_port, run_local_ranks
 
 CARDINALITIES = (2_000_000, 500_000, 100_000, 20_000, 5_000, 1_000, 200, 50)
 DIM = 16
@@ -158,7 +158,7 @@ def _run_variant(variant: str, rank: int, world: int, args: argparse.Namespace, 
             "plan": plan, "lookups": sorted({lay.lookup for lay in coll.layouts})}
 
 
-def _worker(rank: int, world: int, port: int, q: Any, args: argparse.Namespace) -> None:
+def _worker(rank: int, world: int, port: int, args: argparse.Namespace, q: Any) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     counter = _Counter()
@@ -167,30 +167,14 @@ def _worker(rank: int, world: int, port: int, q: Any, args: argparse.Namespace) 
     for variant in VARIANTS:
         out[variant] = _run_variant(variant, rank, world, args, counter)
     q.put((rank, out))
-    dist.destroy_process_group()
+    close_process_group()
 
 
 def _launch(world: int, args: argparse.Namespace) -> Dict[int, Any]:
-    ctx = mp.get_context("forkserver")
-    q = ctx.Queue()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [ctx.Process(target=_worker, args=(r, world, port, q, args)) for r in range(world)]
-    for p in procs:
-        p.start()
-    got: Dict[int, Any] = {}
-    while len(got) < world:
-        try:
-            rank, res = q.get(timeout=5)
-            got[rank] = res
-        except queue.Empty:
-            dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
-            if dead:
-                raise SystemExit(f"bench_distributed: rank(s) {dead} died") from None
-    for p in procs:
-        p.join()
-    return got
+    try:
+        return run_local_ranks(_worker, world, (free_port(), args))
+    except RanksFailedError as exc:
+        raise SystemExit(f"bench_distributed: {exc}") from None
 
 
 def main(argv: List[str]) -> int:

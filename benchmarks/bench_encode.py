@@ -24,6 +24,7 @@ import time
 import torch
 
 from compemb.partitions import chinese_remainder, generalized_qr, quotient_remainder
+from _common import print_table_header
 
 
 def _time_once(fn, device: str) -> float:
@@ -87,13 +88,11 @@ def main(argv=None) -> int:
         ("GQR k=3 %s" % (tuple(gqr.table_sizes),), gqr, lambda: _bare_digits(idx, gqr_radices)),
         ("CRT k=3 %s" % (tuple(crt_moduli),), crt, lambda: [idx % mi for mi in crt_moduli]),
     ]
-    print(f"encode of {args.size:,} int64 indices, n = {args.n:,}, device {args.device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} "
-          f"interleaved runs")
-    header = (f"{'family':<34} {'encode ms':>10} {'idx//m,idx%m ms':>16} {'bare same ms':>13} "
-              f"{'ratio vs idx//m,idx%m':>22} {'ratio vs bare same':>19}")
-    print(header)
-    print("-" * len(header))
+    print_table_header(f"encode of {args.size:,} int64 indices, n = {args.n:,}, device {args.device}, "
+                       f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} "
+                       f"interleaved runs",
+                       f"{'family':<34} {'encode ms':>10} {'idx//m,idx%m ms':>16} {'bare same ms':>13} "
+                       f"{'ratio vs idx//m,idx%m':>22} {'ratio vs bare same':>19}")
     for name, family, bare in rows:
         t_enc, t_base, t_bare = _interleaved([lambda: family.encode(idx), baseline_fn, bare],
                                              args.repeats, args.device)

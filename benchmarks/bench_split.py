@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from compemb.collection import CompositionalEmbeddingBagCollection  # noqa: E402
 from compemb.kernels import get_collection_backend  # noqa: E402
+from _common import print_table_header  # noqa: E402
 
 CRITEO_KAGGLE = (
     1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
@@ -120,13 +121,11 @@ def run(args: argparse.Namespace) -> Dict[tuple, Dict[str, float]]:
     lr = 0.01
     probe = torch.randn(args.batch, len(cards) * args.dim)
     gen = torch.Generator().manual_seed(0)
-    print(f"bench_split: 26 Criteo tables / {args.scale}, QR mult before_pool on tables > {args.threshold} rows, "
-          f"d={args.dim}, batch {args.batch}, exact SGD, {torch.get_num_threads()} thread(s), CPU time, "
-          f"best of {args.rounds} interleaved rounds")
-    header = (f"{'m':>4} {'L':>4} {'split/s':>10} {'per-index/s':>12} {'torch/s':>10} "
-              f"{'split/per-index':>16} {'split/torch':>12}")
-    print(header)
-    print("-" * len(header))
+    print_table_header(f"bench_split: 26 Criteo tables / {args.scale}, QR mult before_pool on tables > "
+                       f"{args.threshold} rows, d={args.dim}, batch {args.batch}, exact SGD, "
+                       f"{torch.get_num_threads()} thread(s), CPU time, best of {args.rounds} interleaved rounds",
+                       f"{'m':>4} {'L':>4} {'split/s':>10} {'per-index/s':>12} {'torch/s':>10} "
+                       f"{'split/per-index':>16} {'split/torch':>12}")
     results: Dict[tuple, Dict[str, float]] = {}
     for m in args.ms:
         with warnings.catch_warnings():

@@ -15,7 +15,6 @@ and writes every run to ``results/movielens_accuracy.csv`` (plus the summary bes
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -28,6 +27,7 @@ import torch  # noqa: E402
 from compemb.baselines import HashEmbeddingBag  # noqa: E402
 from dlrm.data import load_dataset  # noqa: E402
 from dlrm.train import TrainConfig, train  # noqa: E402
+from _common import print_table_header, write_csv  # noqa: E402
 
 
 def base_config(args, seed: int, **kw) -> TrainConfig:
@@ -136,11 +136,7 @@ def main(argv=None) -> int:
     order = {j[0]: i for i, j in reversed(list(enumerate(jobs)))}
     rows.sort(key=lambda r: (order[r["model"]], r["seed"]))
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(args.out, rows)
 
     def stats(values):
         mean = statistics.fmean(values)
@@ -151,11 +147,9 @@ def main(argv=None) -> int:
     full_auc, _ = stats([r["test_auc"] for r in rows if r["model"] == "full"])
     summary = []
     print()
-    print(f"MovieLens-100k, d={args.dim}, {args.optimizer} lr={args.lr}, batch {args.batch_size}, "
-          f"{args.epochs} epochs, threshold {args.threshold}, seeds {args.seeds}")
-    header = f"{'model':<20} {'emb params':>10} {'test AUC':>17} {'test log loss':>17} {'AUC/full':>9}"
-    print(header)
-    print("-" * len(header))
+    print_table_header(f"MovieLens-100k, d={args.dim}, {args.optimizer} lr={args.lr}, batch {args.batch_size}, "
+                       f"{args.epochs} epochs, threshold {args.threshold}, seeds {args.seeds}",
+                       f"{'model':<20} {'emb params':>10} {'test AUC':>17} {'test log loss':>17} {'AUC/full':>9}")
     for label in labels:
         sel = [r for r in rows if r["model"] == label]
         auc_m, auc_s = stats([r["test_auc"] for r in sel])
@@ -166,10 +160,7 @@ def main(argv=None) -> int:
         print(f"{label:<20} {params:>10} {auc_m:>9.4f} ± {auc_s:.4f} {loss_m:>9.4f} ± {loss_s:.4f} "
               f"{auc_m / full_auc:>9.4f}")
     summary_path = os.path.splitext(args.out)[0] + "_summary.csv"
-    with open(summary_path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(summary[0]))
-        writer.writeheader()
-        writer.writerows(summary)
+    write_csv(summary_path, summary)
     print(f"\nruns: {args.out}\nsummary: {summary_path}")
     return 0
 

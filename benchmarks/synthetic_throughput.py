@@ -12,7 +12,6 @@ machine. Prints samples/s of each, their parameter counts and the ratios QR / fu
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ import torch  # noqa: E402
 
 from dlrm.data import load_dataset  # noqa: E402
 from dlrm.train import TrainConfig, train  # noqa: E402
+from _common import write_csv  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -68,11 +68,7 @@ def main(argv=None) -> int:
     print(f"QR / full: samples/s x{qr['samples_per_s'] / full['samples_per_s']:.2f}, "
           f"embedding parameters x{qr['embedding_params'] / full['embedding_params']:.3f} "
           f"({full['embedding_params'] / qr['embedding_params']:.1f}x fewer)")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(args.out, rows)
     print(f"written: {args.out}")
     return 0
 

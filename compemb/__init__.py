@@ -13,8 +13,9 @@ Example::
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, List
+
+from compemb._lazy import load_export
 
 _VERSION_FALLBACK = "0+unknown"  # no package metadata: a source tree that was never installed
 
@@ -77,12 +78,7 @@ def __getattr__(name: str) -> Any:
     if name == "__version__":  # read on first use: metadata lookups cost milliseconds
         value = globals()["__version__"] = _version()
         return value
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'compemb' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+    return load_export(globals(), _EXPORTS, name)
 
 
 def __dir__() -> List[str]:

@@ -16,26 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compemb.functional import (
-    check_float_tables,
-    check_int,
-    check_max_norm,
-    check_num_embeddings,
-    check_table_size,
-    jit_unsupported_error,
-    module_bag_input,
-    pool_rows,
-)
-from compemb.options import check_mode
+from compemb._bag_module import EmbeddingBagModule, check_size_or_collisions
+from compemb.functional import check_float_tables, check_int, check_per_sample_weights_dtype, check_table_size, pool_rows
 from compemb.partitions import HashPartition, Partition, RemainderPartition
-from compemb.state import MappingModule
 
 __all__ = ["HashEmbeddingBag", "MixedDimEmbeddingBag", "md_dims"]
 
 _HASHES = ("remainder", "universal")
 
 
-class HashEmbeddingBag(MappingModule):
+class HashEmbeddingBag(EmbeddingBagModule):
     r"""The hashing trick: ``n`` categories share ``num_buckets`` rows of one table.
 
     Index ``x`` reads row ``h(x)`` with ``h(x) = x mod num_buckets`` (``hash="remainder"``,
@@ -89,18 +79,8 @@ class HashEmbeddingBag(MappingModule):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        self.num_embeddings = num_embeddings = check_num_embeddings("num_embeddings", num_embeddings, name)
-        self.embedding_dim = embedding_dim = check_int("embedding_dim", embedding_dim, 1, name)
-        self.mode = check_mode(mode, name)
-        if (num_buckets is None) == (num_collisions is None):
-            raise ValueError(
-                f"{name}: give exactly one of num_buckets and num_collisions, "
-                f"got num_buckets={num_buckets!r}, num_collisions={num_collisions!r}"
-            )
-        if num_buckets is None:
-            num_buckets = -(-num_embeddings // check_int("num_collisions", num_collisions, 1, name))
-        num_buckets = check_int("num_buckets", num_buckets, 1, name)
+        name, num_embeddings, embedding_dim = self.init_bag(num_embeddings, embedding_dim, mode, include_last_offset)
+        num_buckets = check_size_or_collisions(name, "num_buckets", num_buckets, num_collisions, num_embeddings)
         if num_buckets > num_embeddings:
             raise ValueError(
                 f"{name}: num_buckets={num_buckets} exceeds num_embeddings={num_embeddings}; "
@@ -115,11 +95,7 @@ class HashEmbeddingBag(MappingModule):
             self.partition: Partition = RemainderPartition(num_embeddings, num_buckets)
         else:
             self.partition = HashPartition(num_embeddings, num_buckets, seed)
-        self.max_norm = check_max_norm(max_norm, name)
-        self.norm_type = norm_type
-        self.scale_grad_by_freq = scale_grad_by_freq
-        self.sparse = bool(sparse)
-        self.include_last_offset = bool(include_last_offset)
+        self.init_row_options(max_norm, norm_type, scale_grad_by_freq, sparse)
         if _weight is None:
             check_table_size(name, "weight", (num_buckets, embedding_dim), dtype)
             self.weight = nn.Parameter(torch.empty(num_buckets, embedding_dim, device=device, dtype=dtype))
@@ -169,7 +145,7 @@ class HashEmbeddingBag(MappingModule):
         return cast(Tensor, self.partition(indices))  # (a tensor in, a tensor out)
 
     def _buckets_validated(self, flat: Tensor) -> Tensor:
-        # the indices were just checked by module_bag_input: no second range check (and sync)
+        # the indices were just checked by the forward: no second range check (and sync)
         out = torch.empty_like(flat)
         self.partition.encode_into(flat, out)
         return out
@@ -179,44 +155,15 @@ class HashEmbeddingBag(MappingModule):
         return {"num_embeddings": self.num_embeddings, "num_buckets": self.num_buckets, "hash": self.hash,
                 "seed": self.seed if self.hash == "universal" else None}
 
-    def __prepare_scriptable__(self) -> nn.Module:
-        raise jit_unsupported_error(type(self).__name__, "torch.jit.script")
-
-    def forward(
-        self,
-        input: Tensor,
-        offsets: Optional[Tensor] = None,
-        per_sample_weights: Optional[Tensor] = None,
-    ) -> Tensor:
-        flat, offsets, per_sample_weights = module_bag_input(self, input, offsets, per_sample_weights)
-        if self.scale_grad_by_freq:
-            # F.embedding_bag divides by wrong counts (torch 2.13, CPU): gather as F.embedding does
-            rows = F.embedding(self._buckets_validated(flat), self.weight, max_norm=self.max_norm, norm_type=self.norm_type,
-                               scale_grad_by_freq=True, sparse=self.sparse)
-            return pool_rows(rows, offsets, self.mode, per_sample_weights)
-        return F.embedding_bag(
-            self._buckets_validated(flat),
-            self.weight,
-            offsets,
-            max_norm=self.max_norm,
-            norm_type=self.norm_type,
-            scale_grad_by_freq=self.scale_grad_by_freq,
-            mode=self.mode,
-            sparse=self.sparse,
-            per_sample_weights=per_sample_weights,
-            include_last_offset=True,
-        )
+    def pooled(self, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor],
+               bag_len: Optional[int]) -> Tensor:
+        return _pool_table(self, self._buckets_validated(indices), offsets, per_sample_weights)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}, num_buckets={self.num_buckets}, hash={self.hash!r}"
         if self.hash == "universal":
             s += f", seed={self.seed}"
-        if self.max_norm is not None:
-            s += f", max_norm={self.max_norm}"
-        s += f", mode={self.mode!r}"
-        if self.sparse:
-            s += ", sparse=True"
-        return s
+        return s + self.options_repr("max_norm") + f", mode={self.mode!r}" + self.options_repr("sparse")
 
 
 def md_dims(
@@ -292,7 +239,7 @@ def md_dims(
     return dims
 
 
-class MixedDimEmbeddingBag(MappingModule):
+class MixedDimEmbeddingBag(EmbeddingBagModule):
     r"""A table of its own width ``md_dim``, projected to the common width ``embedding_dim``.
 
     ``e(x) = P w_x`` with ``w_x`` a row of ``weight`` (``n x md_dim``) and ``P`` the
@@ -314,7 +261,7 @@ class MixedDimEmbeddingBag(MappingModule):
         embedding_dim (int): the base (output) width.
         md_dim (int): this table's width, ``1 <= md_dim <= embedding_dim`` (see :func:`md_dims`).
         max_norm, norm_type, scale_grad_by_freq, mode, sparse, include_last_offset:
-            as in :class:`torch.nn.EmbeddingBag`. Default ``mode="mean"``.
+            as in :class:`torch.nn.EmbeddingBag` (``sparse``: for ``weight`` only). Default ``mode="mean"``.
         device, dtype: factory arguments.
 
     Shape:
@@ -344,9 +291,7 @@ class MixedDimEmbeddingBag(MappingModule):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        self.num_embeddings = num_embeddings = check_num_embeddings("num_embeddings", num_embeddings, name)
-        self.embedding_dim = embedding_dim = check_int("embedding_dim", embedding_dim, 1, name)
+        name, num_embeddings, embedding_dim = self.init_bag(num_embeddings, embedding_dim, mode, include_last_offset)
         md_dim = embedding_dim if md_dim is None else md_dim
         self.md_dim = md_dim = check_int("md_dim", md_dim, 1, name)
         if md_dim > embedding_dim:
@@ -354,12 +299,7 @@ class MixedDimEmbeddingBag(MappingModule):
                 f"{name}: md_dim={md_dim} exceeds embedding_dim={embedding_dim}; "
                 "a mixed-dimension table is projected up to the base width, never down"
             )
-        self.mode = check_mode(mode, name)
-        self.max_norm = check_max_norm(max_norm, name)
-        self.norm_type = norm_type
-        self.scale_grad_by_freq = scale_grad_by_freq
-        self.sparse = bool(sparse)
-        self.include_last_offset = bool(include_last_offset)
+        self.init_row_options(max_norm, norm_type, scale_grad_by_freq, sparse)
         factory: Dict[str, Any] = {"device": device, "dtype": dtype}
         check_table_size(name, "weight", (num_embeddings, md_dim), dtype)
         self.weight = nn.Parameter(torch.empty(num_embeddings, md_dim, **factory))
@@ -372,9 +312,6 @@ class MixedDimEmbeddingBag(MappingModule):
     def mapping_state(self) -> Dict[str, Any]:
         """``n``, the base width and this table's width, for ``state_dict``."""
         return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim, "md_dim": self.md_dim}
-
-    def __prepare_scriptable__(self) -> nn.Module:
-        raise jit_unsupported_error(type(self).__name__, "torch.jit.script")
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -435,46 +372,31 @@ class MixedDimEmbeddingBag(MappingModule):
             bag.projection = nn.Parameter(projection, requires_grad=not freeze)
         return bag
 
-    def forward(
-        self,
-        input: Tensor,
-        offsets: Optional[Tensor] = None,
-        per_sample_weights: Optional[Tensor] = None,
-    ) -> Tensor:
-        flat, offsets, per_sample_weights = module_bag_input(self, input, offsets, per_sample_weights)
-        if (self.projection is not None and self.mode == "max") or self.scale_grad_by_freq:
-            # max does not commute with the projection: project each index, then pool; and
-            # F.embedding_bag's scale_grad_by_freq divides by wrong counts (torch 2.13, CPU)
-            rows = F.embedding(
-                flat, self.weight, max_norm=self.max_norm, norm_type=self.norm_type,
-                scale_grad_by_freq=self.scale_grad_by_freq, sparse=self.sparse,
-            )
-            if self.projection is None:
-                return pool_rows(rows, offsets, self.mode, per_sample_weights)
-            if self.mode == "max":
-                return pool_rows(rows @ self.projection.t(), offsets, self.mode, None)
-            return pool_rows(rows, offsets, self.mode, per_sample_weights) @ self.projection.t()
-        pooled = F.embedding_bag(
-            flat,
-            self.weight,
-            offsets,
-            max_norm=self.max_norm,
-            norm_type=self.norm_type,
-            scale_grad_by_freq=self.scale_grad_by_freq,
-            mode=self.mode,
-            sparse=self.sparse,
-            per_sample_weights=per_sample_weights,
-            include_last_offset=True,
-        )
-        if self.projection is None:
-            return pooled
-        return pooled @ self.projection.t()
+    def pooled(self, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor],
+               bag_len: Optional[int]) -> Tensor:
+        return _pool_table(self, indices, offsets, per_sample_weights, self.projection)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}, md_dim={self.md_dim}"
-        if self.max_norm is not None:
-            s += f", max_norm={self.max_norm}"
-        s += f", mode={self.mode!r}"
-        if self.sparse:
-            s += ", sparse=True"
-        return s
+        return s + self.options_repr("max_norm") + f", mode={self.mode!r}" + self.options_repr("sparse")
+
+
+def _pool_table(bag: Union[HashEmbeddingBag, MixedDimEmbeddingBag], indices: Tensor, offsets: Tensor,
+                per_sample_weights: Optional[Tensor], projection: Optional[Tensor] = None) -> Tensor:
+    """Rows ``indices`` of ``bag.weight`` pooled as ``nn.EmbeddingBag`` with the bag's options,
+    then multiplied by ``projection.t()`` when given; ``offsets`` ``(B + 1,)``."""
+    check_per_sample_weights_dtype(per_sample_weights, bag.weight.dtype, type(bag).__name__)
+    if (projection is not None and bag.mode == "max") or bag.scale_grad_by_freq:
+        # max does not commute with the projection: project each index, then pool; and
+        # F.embedding_bag's scale_grad_by_freq divides by wrong counts (torch 2.13, CPU)
+        rows = F.embedding(indices, bag.weight, max_norm=bag.max_norm, norm_type=bag.norm_type,
+                           scale_grad_by_freq=bag.scale_grad_by_freq, sparse=bag.sparse)
+        if projection is None:
+            return pool_rows(rows, offsets, bag.mode, per_sample_weights)
+        if bag.mode == "max":
+            return pool_rows(rows @ projection.t(), offsets, bag.mode, None)
+        return pool_rows(rows, offsets, bag.mode, per_sample_weights) @ projection.t()
+    pooled = F.embedding_bag(indices, bag.weight, offsets, max_norm=bag.max_norm, norm_type=bag.norm_type,
+                             scale_grad_by_freq=bag.scale_grad_by_freq, mode=bag.mode, sparse=bag.sparse,
+                             per_sample_weights=per_sample_weights, include_last_offset=True)
+    return pooled if projection is None else pooled @ projection.t()

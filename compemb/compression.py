@@ -248,21 +248,10 @@ def _search(sizer: _Sizer, fits: Callable[[int], bool]) -> Tuple[int, bool]:
     lo, hi = sizer.lo, sizer.hi
     if lo > hi:
         return lo, False
-    if sizer.grows:
-        if not fits(sizer.params(lo)):
-            return lo, False
-        ok, bad = lo, hi + 1
-        while bad - ok > 1:
-            mid = (ok + bad) // 2
-            if fits(sizer.params(mid)):
-                ok = mid
-            else:
-                bad = mid
-        return ok, True
-    if not fits(sizer.params(hi)):
-        return hi, False
-    bad, ok = lo - 1, hi
-    while ok - bad > 1:
+    ok, bad = (lo, hi + 1) if sizer.grows else (hi, lo - 1)  # from the smallest params towards the largest
+    if not fits(sizer.params(ok)):
+        return ok, False
+    while abs(bad - ok) > 1:
         mid = (ok + bad) // 2
         if fits(sizer.params(mid)):
             ok = mid

@@ -38,7 +38,7 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -411,37 +411,22 @@ class DataAwareEmbeddingBag(CompositionalEmbeddingBag):
             self._sync_family()
         return result
 
-    def _load_from_state_dict(
-        self,
-        state_dict: Dict[str, Any],
-        prefix: str,
-        local_metadata: Dict[str, Any],
-        strict: bool,
-        missing_keys: List[str],
-        unexpected_keys: List[str],
-        error_msgs: List[str],
-    ) -> None:
-        where = type(self).__name__ + (f" at {prefix[:-1]!r}" if prefix else "")
-        extra = state_dict.get(prefix + "_extra_state")
+    def _refusal(self, state_dict: Mapping[str, Any], prefix: str) -> Optional[str]:
+        """The mapping's refusal, or else the saved arrays' (validated before anything is overwritten)."""
+        problem = super()._refusal(state_dict, prefix)
+        if problem is not None:
+            return problem
         incoming = {name: state_dict.get(prefix + _BUFFER_PREFIX + name) for name in self.family.arrays()}
-        mapping_ok = extra is None or self.mapping_mismatch(extra, prefix) is None
-        if mapping_ok and all(isinstance(a, torch.Tensor) for a in incoming.values()):
-            try:  # validate the saved arrays before anything is overwritten
+        if all(isinstance(a, torch.Tensor) for a in incoming.values()):
+            try:
                 self.family.with_arrays({k: v for k, v in incoming.items() if v is not None}, check=True)
             except (KeyError, TypeError, ValueError) as error:
-                error_msgs.append(f"{where}: the saved partition arrays do not define a {type(self.family).__name__}: "
-                                  f"{error}")
-                # as MappingModule refuses a mapping: this module's and its tables' entries become
-                # their current values, so nothing is overwritten
-                for name, value in self.state_dict(prefix=prefix, keep_vars=True).items():
-                    if name in state_dict and isinstance(value, torch.Tensor):
-                        state_dict[name] = value.detach()
-                return
-        before = len(error_msgs)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        if len(error_msgs) == before:
-            self._sync_family()
+                return (f"{self._where(prefix)}: the saved partition arrays do not define a "
+                        f"{type(self.family).__name__}: {error}")
+        return None
+
+    def _loaded(self) -> None:
+        self._sync_family()
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", family={self.family!r}"

@@ -20,27 +20,22 @@ import torch
 from torch import nn
 
 from compemb import functional as CF
+from compemb._bag_module import EmbeddingBagModule
 from compemb.kernels import Backend, BackendUnavailableError, resolve_backend
 from compemb.options import check_backend, check_compose, check_mode, check_operation
 from compemb.partitions import (
     PartitionFamily, QuotientPartition, RemainderPartition, ResiduePartition, quotient_remainder, split_dim,
 )
-from compemb.state import MappingModule
 
 __all__ = ["CompositionalEmbeddingBag", "QREmbeddingBag"]
 
 
-class _BackendMixin:
-    """Resolve ``self.backend`` once per configuration and call it (shared by both modules)."""
+class _BackendBag(EmbeddingBagModule):
+    """The base of both modules: resolves ``self.backend`` once per configuration and calls it."""
 
     backend: str
     operation: str
-    mode: str
     compose: str
-    sparse: bool
-    max_norm: Optional[float]
-    norm_type: float
-    scale_grad_by_freq: bool
 
     def _resolve(self, weights: Sequence[torch.Tensor], has_psw: bool) -> Backend:
         requires_grad = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
@@ -103,7 +98,7 @@ class _BackendMixin:
         )
 
 
-class CompositionalEmbeddingBag(_BackendMixin, MappingModule):
+class CompositionalEmbeddingBag(_BackendBag):
     r"""An embedding bag whose table is composed from one small table per partition.
 
     Category ``x`` of ``{0, ..., n-1}`` is mapped by the family ``P_1 .. P_k`` to codes
@@ -190,11 +185,8 @@ class CompositionalEmbeddingBag(_BackendMixin, MappingModule):
         _weights: Optional[Sequence[torch.Tensor]] = None,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        self.num_embeddings = num_embeddings = CF.check_num_embeddings("num_embeddings", num_embeddings, name)
-        self.embedding_dim = embedding_dim = CF.check_int("embedding_dim", embedding_dim, 1, name)
+        name, num_embeddings, embedding_dim = self.init_bag(num_embeddings, embedding_dim, mode, include_last_offset)
         self.operation = check_operation(operation, name)
-        self.mode = check_mode(mode, name)
         self.compose = check_compose(compose, name)
         self.backend = check_backend(backend, name)
         if family is None:
@@ -218,7 +210,7 @@ class CompositionalEmbeddingBag(_BackendMixin, MappingModule):
                 f"pass allow_collisions=True to accept that"
             )
         self.family = family
-        self.allow_collisions = allow_collisions
+        self.allow_collisions = bool(allow_collisions)
         k = family.k
         if operation == "concat":
             if concat_dims is None:
@@ -235,13 +227,7 @@ class CompositionalEmbeddingBag(_BackendMixin, MappingModule):
                 raise ValueError(f"concat_dims={list(concat_dims)} is only for operation='concat', got {operation!r}")
             dims = (embedding_dim,) * k
         self.dims = dims
-        self.include_last_offset = bool(include_last_offset)
-        self.sparse = bool(sparse)
-        self.max_norm = CF.check_max_norm(max_norm, name)
-        self.norm_type = norm_type
-        self.scale_grad_by_freq = bool(scale_grad_by_freq)
-        if self.sparse and self.scale_grad_by_freq:
-            raise ValueError("scale_grad_by_freq=True is not supported with sparse=True (as in torch)")
+        self.init_row_options(max_norm, norm_type, scale_grad_by_freq, sparse, refuse_sparse_scaled=True)
 
         shapes = [(int(rows), d) for rows, d in zip(family.table_sizes, dims)]
         factory: Dict[str, Any] = {"device": device, "dtype": dtype}
@@ -264,9 +250,6 @@ class CompositionalEmbeddingBag(_BackendMixin, MappingModule):
     def mapping_state(self) -> Dict[str, Any]:
         """The family (every partition's kind and parameters) and the operation, for ``state_dict``."""
         return {"num_embeddings": self.num_embeddings, "family": self.family.spec(), "operation": self.operation}
-
-    def __prepare_scriptable__(self) -> nn.Module:
-        raise CF.jit_unsupported_error(type(self).__name__, "torch.jit.script")
 
     def reset_parameters(self) -> None:
         """Draw every table ``U(-a, a)`` with ``a = init_bound(n, k, operation)``."""
@@ -329,41 +312,24 @@ class CompositionalEmbeddingBag(_BackendMixin, MappingModule):
             w.requires_grad_(not freeze)
         return module
 
-    def forward(
-        self,
-        input: torch.Tensor,
-        offsets: Optional[torch.Tensor] = None,
-        per_sample_weights: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        flat, full_offsets, psw, bag_len = CF.bag_input(
-            input, offsets, per_sample_weights, self.include_last_offset, self.mode,
-            self.num_embeddings, type(self).__name__,
-        )
+    def pooled(self, indices: torch.Tensor, offsets: torch.Tensor, per_sample_weights: Optional[torch.Tensor],
+               bag_len: Optional[int]) -> torch.Tensor:
         # the indices were just checked: encode without the family's own (second) range check
-        codes = CF.encode_validated(self.family, flat)
-        return self._run(codes, full_offsets, list(self.weights), psw, bag_len)
+        codes = CF.encode_validated(self.family, indices)
+        return self._run(codes, offsets, list(self.weights), per_sample_weights, bag_len)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}, operation={self.operation}, mode={self.mode}"
         s += f", compose={self.compose}, table_sizes={tuple(int(w.shape[0]) for w in self.weights)}"
         if self.operation == "concat":
             s += f", dims={self.dims}"
-        if self.max_norm is not None:
-            s += f", max_norm={self.max_norm}"
-        if self.norm_type != 2:
-            s += f", norm_type={self.norm_type}"
-        if self.scale_grad_by_freq:
-            s += ", scale_grad_by_freq=True"
-        if self.sparse:
-            s += ", sparse=True"
-        if self.include_last_offset:
-            s += ", include_last_offset=True"
-        if self.allow_collisions:
-            s += ", allow_collisions=True"
+        s += self.options_repr(
+            "max_norm", "norm_type", "scale_grad_by_freq", "sparse", "include_last_offset", "allow_collisions"
+        )
         return s + ", " + self._backend_repr()
 
 
-class QREmbeddingBag(_BackendMixin, MappingModule):
+class QREmbeddingBag(_BackendBag):
     r"""Quotient–remainder embedding bag, a drop-in for facebookresearch/dlrm's ``QREmbeddingBag``.
 
     Category ``x`` is embedded by combining row ``x // m`` of ``weight_q`` and row ``x % m`` of
@@ -451,13 +417,8 @@ class QREmbeddingBag(_BackendMixin, MappingModule):
         self.operation = check_operation(operation, name)
         if operation in ("add", "mult") and dims[0] != dims[1]:
             raise ValueError(f"operation={operation!r} needs equal widths, got embedding_dim={dims}")
-        self.max_norm = CF.check_max_norm(max_norm, name)
-        self.norm_type = norm_type
-        self.scale_grad_by_freq = bool(scale_grad_by_freq)
+        self.init_row_options(max_norm, norm_type, scale_grad_by_freq, sparse, refuse_sparse_scaled=True)
         self.mode = check_mode(mode, name)
-        self.sparse = bool(sparse)
-        if self.sparse and self.scale_grad_by_freq:
-            raise ValueError("scale_grad_by_freq=True is not supported with sparse=True (as in torch)")
         self.include_last_offset = bool(include_last_offset)
         self.compose = check_compose(compose, name)
         self.backend = check_backend(backend, name)
@@ -508,9 +469,6 @@ class QREmbeddingBag(_BackendMixin, MappingModule):
         return {"num_categories": self.num_categories, "num_collisions": self.num_collisions,
                 "operation": self.operation}
 
-    def __prepare_scriptable__(self) -> nn.Module:
-        raise CF.jit_unsupported_error(type(self).__name__, "torch.jit.script")
-
     def reset_parameters(self) -> None:
         """Draw both tables ``U(-a, a)``, ``a = init_bound(n, 2, operation)`` (not DLRM's init)."""
         bound = CF.init_bound(self.num_categories, 2, self.operation)
@@ -538,36 +496,22 @@ class QREmbeddingBag(_BackendMixin, MappingModule):
             q = torch.div(flat, m, rounding_mode="trunc")
         return q, torch.sub(flat, q, alpha=m)
 
-    def forward(
-        self,
-        input: torch.Tensor,
-        offsets: Optional[torch.Tensor] = None,
-        per_sample_weights: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        flat, full_offsets, psw, bag_len = CF.bag_input(
-            input, offsets, per_sample_weights, self.include_last_offset, self.mode,
-            self.num_categories, type(self).__name__,
-        )
+    def num_indices(self) -> int:
+        """``num_categories``: every index must lie in ``[0, num_categories)``."""
+        return self.num_categories
+
+    def pooled(self, indices: torch.Tensor, offsets: torch.Tensor, per_sample_weights: Optional[torch.Tensor],
+               bag_len: Optional[int]) -> torch.Tensor:
         # (dict lookups: nn.Module.__getattr__ is slow on this hot path; nn.DataParallel replicas
         # hold the tables as plain attributes instead)
         params = self._parameters
         weight_q, weight_r = params.get("weight_q"), params.get("weight_r")
         if weight_q is None or weight_r is None:
             weight_q, weight_r = self.weight_q, self.weight_r
-        return self._run(self._encode_pair(flat), full_offsets, (weight_q, weight_r), psw, bag_len)
+        return self._run(self._encode_pair(indices), offsets, (weight_q, weight_r), per_sample_weights, bag_len)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}, num_collisions={self.num_collisions}"
-        s += f", operation={self.operation}"
-        if self.max_norm is not None:
-            s += f", max_norm={self.max_norm}"
-        if self.norm_type != 2:
-            s += f", norm_type={self.norm_type}"
-        if self.scale_grad_by_freq:
-            s += ", scale_grad_by_freq=True"
-        s += f", mode={self.mode}, compose={self.compose}"
-        if self.sparse:
-            s += ", sparse=True"
-        if self.include_last_offset:
-            s += ", include_last_offset=True"
+        s += f", operation={self.operation}" + self.options_repr("max_norm", "norm_type", "scale_grad_by_freq")
+        s += f", mode={self.mode}, compose={self.compose}" + self.options_repr("sparse", "include_last_offset")
         return s + ", " + self._backend_repr()

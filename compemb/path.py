@@ -18,18 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compemb.functional import (
-    check_int,
-    check_num_embeddings,
-    check_table_size,
-    encode_validated,
-    jit_unsupported_error,
-    module_bag_input,
-    pool_rows,
-)
-from compemb.options import check_mode
+from compemb._bag_module import EmbeddingBagModule
+from compemb.functional import check_int, check_per_sample_weights_dtype, check_table_size, encode_validated, pool_rows
 from compemb.partitions import PartitionFamily, quotient_remainder
-from compemb.state import MappingModule
 
 __all__ = ["PathEmbeddingBag", "path_family"]
 
@@ -150,7 +141,7 @@ class _ClassMaps(nn.Module):
         return f"num_classes={self.num_classes}, dims={self.dims}, bias={self.biases is not None}"
 
 
-class PathEmbeddingBag(MappingModule):
+class PathEmbeddingBag(EmbeddingBagModule):
     r"""Path-based compositional embedding bag (Shi et al., KDD 2020, section 3.3).
 
     The first partition of ``family`` indexes a base table ``weight`` of shape
@@ -220,17 +211,13 @@ class PathEmbeddingBag(MappingModule):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        self.num_embeddings = num_embeddings = check_num_embeddings("num_embeddings", num_embeddings, name)
-        self.embedding_dim = embedding_dim = check_int("embedding_dim", embedding_dim, 1, name)
-        self.mode = check_mode(mode, name)
+        name, num_embeddings, embedding_dim = self.init_bag(num_embeddings, embedding_dim, mode, include_last_offset)
         if activation not in _ACTIVATIONS:
             raise ValueError(f"{name}: activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
         hidden_dims = tuple(check_int(f"hidden_dims[{i}]", h, 1, name) for i, h in enumerate(hidden_dims))
         self.hidden_dims = hidden_dims
         self.sparse = bool(sparse)
-        self.include_last_offset = bool(include_last_offset)
         if family is None:
             num_collisions = check_int("num_collisions", num_collisions, 1, name)
             family = path_family(num_embeddings, num_collisions)
@@ -287,9 +274,6 @@ class PathEmbeddingBag(MappingModule):
         return {"num_embeddings": self.num_embeddings, "family": self.family.spec(),
                 "hidden_dims": list(self.hidden_dims), "activation": self.activation if self.hidden_dims else None}
 
-    def __prepare_scriptable__(self) -> nn.Module:
-        raise jit_unsupported_error(type(self).__name__, "torch.jit.script")
-
     def compose(self, indices: Tensor) -> Tensor:
         """The composed embedding ``(N, D)`` of each index in a 1-D int64 tensor (validated)."""
         return self._compose_codes(cast(Tensor, self.family.encode(indices)))
@@ -308,15 +292,11 @@ class PathEmbeddingBag(MappingModule):
                     x = act(x)
         return x
 
-    def forward(
-        self,
-        input: Tensor,
-        offsets: Optional[Tensor] = None,
-        per_sample_weights: Optional[Tensor] = None,
-    ) -> Tensor:
-        flat, offsets, per_sample_weights = module_bag_input(self, input, offsets, per_sample_weights)
+    def pooled(self, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor],
+               bag_len: Optional[int]) -> Tensor:
+        check_per_sample_weights_dtype(per_sample_weights, self.weight.dtype, type(self).__name__)
         # the indices were just checked: encode without a second range check (and sync)
-        return pool_rows(self._compose_codes(encode_validated(self.family, flat)), offsets, self.mode,
+        return pool_rows(self._compose_codes(encode_validated(self.family, indices)), offsets, self.mode,
                          per_sample_weights)
 
     def extra_repr(self) -> str:
@@ -324,9 +304,4 @@ class PathEmbeddingBag(MappingModule):
         s += f", hidden_dims={self.hidden_dims}"
         if self.hidden_dims:
             s += f", activation={self.activation!r}"
-        s += f", mode={self.mode!r}"
-        if self.sparse:
-            s += ", sparse=True"
-        if self.include_last_offset:
-            s += ", include_last_offset=True"
-        return s
+        return s + f", mode={self.mode!r}" + self.options_repr("sparse", "include_last_offset")

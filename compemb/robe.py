@@ -25,23 +25,14 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from compemb.functional import (
-    bag_input,
-    check_int,
-    check_num_embeddings,
-    check_per_sample_weights_dtype,
-    check_table_size,
-    jit_unsupported_error,
-    pool_rows,
-)
-from compemb.options import check_mode
+from compemb._bag_module import EmbeddingBagModule, check_size_or_collisions
+from compemb.functional import check_int, check_per_sample_weights_dtype, check_table_size, pool_rows
 from compemb.partitions import HashPartition
-from compemb.state import MappingModule
 
 __all__ = ["ROBEEmbeddingBag"]
 
 
-class ROBEEmbeddingBag(MappingModule):
+class ROBEEmbeddingBag(EmbeddingBagModule):
     r"""An embedding bag whose rows are windows of one shared, circular parameter array (ROBE-Z).
 
     Args:
@@ -87,15 +78,8 @@ class ROBEEmbeddingBag(MappingModule):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        self.num_embeddings = n = check_num_embeddings("num_embeddings", num_embeddings, name)
-        self.embedding_dim = d = check_int("embedding_dim", embedding_dim, 1, name)
-        if (size is None) == (num_collisions is None):
-            raise ValueError(f"{name}: give exactly one of size and num_collisions, got size={size!r}, "
-                             f"num_collisions={num_collisions!r}")
-        if size is None:
-            size = -(-n * d // check_int("num_collisions", num_collisions, 1, name))
-        self.size = check_int("size", size, 1, name)
+        name, n, d = self.init_bag(num_embeddings, embedding_dim, mode, include_last_offset)
+        self.size = check_size_or_collisions(name, "size", size, num_collisions, n * d)
         self.block_size = z = d if block_size is None else check_int("block_size", block_size, 1, name)
         if z > d:
             raise ValueError(f"{name}: block_size={z} exceeds embedding_dim={d}")
@@ -104,8 +88,6 @@ class ROBEEmbeddingBag(MappingModule):
         if n * b > 2**63:
             raise ValueError(f"{name}: num_embeddings * num_blocks = {n * b} exceeds the int64 hash domain")
         self._hash = HashPartition(n * b, self.size, self.seed)
-        self.mode = check_mode(mode, name)
-        self.include_last_offset = bool(include_last_offset)
         check_table_size(name, "weight", (self.size,), dtype)
         self.weight = nn.Parameter(torch.empty(self.size, device=device, dtype=dtype))
         self.reset_parameters()
@@ -121,9 +103,6 @@ class ROBEEmbeddingBag(MappingModule):
         return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim, "size": self.size,
                 "block_size": self.block_size, "seed": self.seed}
 
-    def __prepare_scriptable__(self) -> nn.Module:
-        raise jit_unsupported_error(type(self).__name__, "torch.jit.script")
-
     def offsets(self, ids: Tensor) -> Tensor:
         """The array positions each of the validated ``ids`` ``(N,)`` reads: ``(N, D)`` int64."""
         b, z = self.num_blocks, self.block_size
@@ -133,23 +112,13 @@ class ROBEEmbeddingBag(MappingModule):
         where = (starts.unsqueeze(2) + torch.arange(z, device=ids.device)).remainder_(self.size)
         return where.reshape(ids.shape[0], b * z)[:, : self.embedding_dim]
 
-    def forward(
-        self,
-        input: Tensor,
-        offsets: Optional[Tensor] = None,
-        per_sample_weights: Optional[Tensor] = None,
-    ) -> Tensor:
-        name = type(self).__name__
-        flat, full_offsets, psw, bag_len = bag_input(
-            input, offsets, per_sample_weights, self.include_last_offset, self.mode, self.num_embeddings, name,
-        )
-        check_per_sample_weights_dtype(psw, self.weight.dtype, name)
-        rows = self.weight[self.offsets(flat)]
-        return pool_rows(rows, full_offsets, self.mode, psw, bag_len)
+    def pooled(self, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor],
+               bag_len: Optional[int]) -> Tensor:
+        check_per_sample_weights_dtype(per_sample_weights, self.weight.dtype, type(self).__name__)
+        rows = self.weight[self.offsets(indices)]
+        return pool_rows(rows, offsets, self.mode, per_sample_weights, bag_len)
 
     def extra_repr(self) -> str:
         s = (f"{self.num_embeddings}, {self.embedding_dim}, size={self.size}, block_size={self.block_size}, "
              f"seed={self.seed}, mode={self.mode}")
-        if self.include_last_offset:
-            s += ", include_last_offset=True"
-        return s
+        return s + self.options_repr("include_last_offset")

@@ -81,7 +81,7 @@ class MappingModule(nn.Module):
 
     def mapping_mismatch(self, state: Any, prefix: str = "") -> Optional[str]:
         """Why ``state`` (an ``_extra_state`` value) does not fit this module, or ``None`` when it does."""
-        where = type(self).__name__ + (f" at {prefix[:-1]!r}" if prefix else "")
+        where = self._where(prefix)
         if not isinstance(state, Mapping) or not isinstance(state.get("mapping"), Mapping):
             return f"{where}: the state's {_KEY} is {state!r}, not a compemb mapping state"
         saved, mine = _plain(state["mapping"]), _plain(self.mapping_state())
@@ -94,6 +94,18 @@ class MappingModule(nn.Module):
                 )
         return None
 
+    def _where(self, prefix: str) -> str:
+        """This module in a message: its class, and its place when it is a submodule."""
+        return type(self).__name__ + (f" at {prefix[:-1]!r}" if prefix else "")
+
+    def _refusal(self, state_dict: Mapping[str, Any], prefix: str) -> Optional[str]:
+        """Why this module refuses its entries of ``state_dict``, or ``None``; asked before anything loads."""
+        key = prefix + _KEY
+        return self.mapping_mismatch(state_dict[key], prefix) if key in state_dict else None
+
+    def _loaded(self) -> None:
+        """Called once this module's entries of a state have loaded without an error."""
+
     def _load_from_state_dict(
         self,
         state_dict: Dict[str, Any],
@@ -104,20 +116,21 @@ class MappingModule(nn.Module):
         unexpected_keys: List[str],
         error_msgs: List[str],
     ) -> None:
-        key = prefix + _KEY
-        if key in state_dict:
-            problem = self.mapping_mismatch(state_dict[key], prefix)
-            if problem is not None:
-                error_msgs.append(problem)
-                # checked first, and the refused tables are not overwritten: their entries, this
-                # module's and its children's (a ParameterList's), become the current values
-                for name, value in self.state_dict(prefix=prefix, keep_vars=True).items():
-                    if name in state_dict and isinstance(value, torch.Tensor):
-                        state_dict[name] = value.detach()
-                return
+        problem = self._refusal(state_dict, prefix)
+        if problem is not None:
+            error_msgs.append(problem)
+            # checked first, and the refused tables are not overwritten: their entries, this
+            # module's and its children's (a ParameterList's), become the current values
+            for name, value in self.state_dict(prefix=prefix, keep_vars=True).items():
+                if name in state_dict and isinstance(value, torch.Tensor):
+                    state_dict[name] = value.detach()
+            return
+        before = len(error_msgs)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        if len(error_msgs) == before:
+            self._loaded()
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         try:

@@ -37,17 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compemb.functional import (
-    bag_input,
-    check_int,
-    check_num_embeddings,
-    check_per_sample_weights_dtype,
-    jit_unsupported_error,
-    pool_rows,
-)
-from compemb.options import check_mode
+from compemb._bag_module import EmbeddingBagModule
+from compemb.functional import check_int, check_num_embeddings, check_per_sample_weights_dtype, pool_rows
 from compemb.partitions import choose_radices
-from compemb.state import MappingModule
 
 __all__ = ["TTEmbeddingBag", "tt_shapes", "tt_ranks", "tt_num_parameters", "balanced_factors"]
 
@@ -130,7 +122,7 @@ def tt_num_parameters(p_shapes: Sequence[int], q_shapes: Sequence[int], ranks: S
     return sum(p * ranks[k] * q * ranks[k + 1] for k, (p, q) in enumerate(zip(p_shapes, q_shapes)))
 
 
-class TTEmbeddingBag(MappingModule):
+class TTEmbeddingBag(EmbeddingBagModule):
     r"""An embedding bag whose ``n x D`` table is a tensor train of ``c`` cores (TT-Rec).
 
     Initialisation: every core is drawn ``U(-a, a)`` with one ``a`` for all, chosen so that the
@@ -185,11 +177,7 @@ class TTEmbeddingBag(MappingModule):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        self.num_embeddings = n = check_num_embeddings("num_embeddings", num_embeddings, name)
-        self.embedding_dim = d = check_int("embedding_dim", embedding_dim, 1, name)
-        self.mode = check_mode(mode, name)
-        self.include_last_offset = bool(include_last_offset)
+        name, n, d = self.init_bag(num_embeddings, embedding_dim, mode, include_last_offset)
         self.sparse = bool(sparse)
         given = [len(s) for s in (tt_p_shapes, tt_q_shapes) if s is not None]
         if num_cores is None:
@@ -235,9 +223,6 @@ class TTEmbeddingBag(MappingModule):
                 "tt_p_shapes": list(self.tt_p_shapes), "tt_q_shapes": list(self.tt_q_shapes),
                 "tt_ranks": list(self.tt_ranks)}
 
-    def __prepare_scriptable__(self) -> nn.Module:
-        raise jit_unsupported_error(type(self).__name__, "torch.jit.script")
-
     def tt_rows(self, ids: Tensor) -> Tensor:
         """The table rows of validated ids ``(N,)`` in ``[0, n)``: ``(N, D)``, with autograd."""
         ranks, qs = self.tt_ranks, self.tt_q_shapes
@@ -269,27 +254,15 @@ class TTEmbeddingBag(MappingModule):
             parts.append(self.tt_rows(torch.arange(start, min(start + chunk_size, self.num_embeddings), device=device)))
         return torch.cat(parts)
 
-    def forward(
-        self,
-        input: Tensor,
-        offsets: Optional[Tensor] = None,
-        per_sample_weights: Optional[Tensor] = None,
-    ) -> Tensor:
-        name = type(self).__name__
-        flat, full_offsets, psw, bag_len = bag_input(
-            input, offsets, per_sample_weights, self.include_last_offset, self.mode, self.num_embeddings, name,
-        )
-        check_per_sample_weights_dtype(psw, self.cores[0].dtype, name)
+    def pooled(self, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor],
+               bag_len: Optional[int]) -> Tensor:
+        check_per_sample_weights_dtype(per_sample_weights, self.cores[0].dtype, type(self).__name__)
         # each distinct row once (TT-Rec's point: the contraction dominates the cost)
-        uniq, inverse = torch.unique(flat, return_inverse=True)
+        uniq, inverse = torch.unique(indices, return_inverse=True)
         rows = self.tt_rows(uniq).index_select(0, inverse)
-        return pool_rows(rows, full_offsets, self.mode, psw, bag_len)
+        return pool_rows(rows, offsets, self.mode, per_sample_weights, bag_len)
 
     def extra_repr(self) -> str:
         s = (f"{self.num_embeddings}, {self.embedding_dim}, tt_p_shapes={self.tt_p_shapes}, "
              f"tt_q_shapes={self.tt_q_shapes}, tt_ranks={self.tt_ranks}, mode={self.mode}")
-        if self.sparse:
-            s += ", sparse=True"
-        if self.include_last_offset:
-            s += ", include_last_offset=True"
-        return s
+        return s + self.options_repr("sparse", "include_last_offset")

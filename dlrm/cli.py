@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from dlrm.argtypes import int_at_least, integer, number
 
 if TYPE_CHECKING:
     from dlrm.train import TrainConfig
@@ -66,48 +67,16 @@ def _top_mlp(text: str) -> Tuple[int, ...]:
     return values
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an int >= ``minimum`` (the message names the value; argparse adds the flag)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text}")
-        return value
-    parse.__name__ = f"int >= {minimum}"
-    return parse
-
-
-def _number(minimum: float, inclusive: bool) -> Callable[[str], float]:
-    """An argparse type: a finite float above (or at, ``inclusive``) ``minimum``."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
-            raise argparse.ArgumentTypeError(f"must be a finite number {'>=' if inclusive else '>'} {minimum:g}, "
-                                             f"got {text}")
-        return value
-    parse.__name__ = "number"
-    return parse
-
-
 def _ind_range(text: str) -> int:
     """``--max-ind-range``: a positive int, or -1 (DLRM's "no reduction")."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    value = integer(text)
     if value != -1 and value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive int (or -1: no reduction), got {text}")
     return value
 
 
-_COUNT = _int_at_least(1)
-_NON_NEGATIVE = _int_at_least(0)
+_COUNT = int_at_least(1)
+_NON_NEGATIVE = int_at_least(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use DLRM's QREmbeddingBag (concat = 2d wide, projected to d)")
     q.add_argument("--md-flag", action="store_true", help="mixed-dimension tables")
     q.add_argument("--md-threshold", type=_NON_NEGATIVE, default=200)
-    q.add_argument("--md-temperature", type=_number(0.0, inclusive=True), default=0.3, help="alpha of the power rule")
+    q.add_argument("--md-temperature", type=number(0.0, inclusive=True), default=0.3, help="alpha of the power rule")
     e = p.add_argument_group("generic embedding method")
     e.add_argument("--embedding", choices=METHODS, default=None)
     e.add_argument("--threshold", type=_NON_NEGATIVE, default=None,
@@ -153,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tt-rank", type=_COUNT, default=None, help="tt: the inner tensor-train ranks")
     e.add_argument("--num-hot", type=_COUNT, default=None,
                    help="freq: rows of their own for this many most frequent categories of the training split")
-    e.add_argument("--compression", type=_number(1.0, inclusive=False), default=None, metavar="R",
+    e.add_argument("--compression", type=number(1.0, inclusive=False), default=None, metavar="R",
                    help="every compressed table holds at most 1/R of its full parameters: the method's own size "
                         "(collisions, rank, buckets, hot rows, ...) is chosen for R; the achieved ratio is printed")
     e.add_argument("--recluster-every", type=_NON_NEGATIVE, default=None, metavar="N",
@@ -175,11 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-ind-range", type=_ind_range, default=None, help="Criteo: ids modulo this first (-1: none)")
     d.add_argument("--split-seed", type=_NON_NEGATIVE, default=None, help="MovieLens: seed of the 80/10/10 split")
     d.add_argument("--synthetic-rows", type=_COUNT, default=None)
-    d.add_argument("--synthetic-scale", type=_number(0.0, inclusive=False), default=None,
+    d.add_argument("--synthetic-scale", type=number(0.0, inclusive=False), default=None,
                    help="divide Kaggle cardinalities by this")
     t = p.add_argument_group("training")
     t.add_argument("--optimizer", choices=OPTIMIZERS, default="adagrad")
-    t.add_argument("--learning-rate", type=_number(0.0, inclusive=False), default=None,
+    t.add_argument("--learning-rate", type=number(0.0, inclusive=False), default=None,
                    help=f"default {DEFAULT_LEARNING_RATES['adagrad']} for adagrad; per optimizer: {DEFAULT_LEARNING_RATES}")
     t.add_argument("--lr-num-warmup-steps", type=_NON_NEGATIVE, default=None,
                    help=f"linear learning-rate warm-up over this many steps (default {TrainConfig.warmup_steps})")

@@ -41,21 +41,27 @@ written it (the ``latest`` file is replaced atomically afterwards), so a rank ki
 leaves the previous checkpoint loadable. :func:`load_unsharded` loads any of them into one process
 (a plain :class:`dlrm.model.DLRM`) for evaluation or export. The DCP metadata is unpickled by
 torch when read: load only checkpoints you trust (the ``rank{r}.pt`` files are read safely).
+
+This module holds the run (:class:`DistributedTraining`, :class:`RankSplit`); the checks before it
+are in :mod:`dlrm.distributed_setup`, the wrapped model in :mod:`dlrm.distributed_model`, the
+checkpoints in :mod:`dlrm.distributed_checkpoint`; every public name is importable from here.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
 import os
-import shutil
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from dlrm.distributed_checkpoint import (DCP_DIR, LATEST, RANKS_DIR, checkpoint_name, load_distributed,
+                                         load_unsharded, save_distributed)
+from dlrm.distributed_model import ParallelModel, ShardedDLRM, dlrm_state_from_sharded
+from dlrm.distributed_setup import PARALLEL_MODES, check_parallel, fused_optimizer_name, world_from_env
 
 if TYPE_CHECKING:
     from dlrm.train import TrainConfig
@@ -77,111 +83,8 @@ __all__ = [
     "load_unsharded",
 ]
 
-#: ``compemb train --parallel`` values
-PARALLEL_MODES: Tuple[str, ...] = ("hybrid", "data", "independent")
-#: where a hybrid run's checkpoints live (inside ``--checkpoint-dir``); an independent run's
-DCP_DIR = "checkpoint.dcp"
-RANKS_DIR = "checkpoint.ranks"
-#: the file naming the step directory that is the checkpoint
-LATEST = "latest"
-#: the torch optimizers a hybrid run maps onto FBGEMM's fused ones (CPU serves the first two)
-_FUSED = {"sgd": "exact_sgd", "adagrad": "exact_adagrad", "adam": "adam"}
-_CPU_FUSED = ("exact_sgd", "exact_adagrad")
 #: bytes of optimizer state per weight byte, for the memory check
 _STATE_FACTOR = {"sgd": 0, "adagrad": 1, "adam": 2, "amsgrad": 3}
-
-
-def world_from_env() -> Tuple[int, int, int]:
-    """``(rank, world size, local rank)`` as torchrun sets them (``(0, 1, 0)`` outside a launcher)."""
-    def get(name: str, default: int) -> int:
-        text = os.environ.get(name)
-        try:
-            return int(text) if text not in (None, "") else default
-        except ValueError:
-            raise ValueError(f"environment variable {name}={text!r} is not an integer") from None
-    return get("RANK", 0), get("WORLD_SIZE", 1), get("LOCAL_RANK", 0)
-
-
-def fused_optimizer_name(optimizer: str, device_type: str) -> str:
-    """The FBGEMM optimizer that trains a hybrid run's sharded tables as ``optimizer`` would.
-
-    Raises:
-        ValueError: naming the optimizer when no fused optimizer matches it on ``device_type``.
-    """
-    fused = _FUSED.get(optimizer)
-    if fused is None:
-        raise ValueError(f"--optimizer {optimizer} cannot train TorchRec-sharded tables (--parallel hybrid trains "
-                         f"them with FBGEMM's fused {sorted(_FUSED)}): use --parallel data or independent, "
-                         "or another --optimizer")
-    if device_type != "cuda" and fused not in _CPU_FUSED:
-        raise ValueError(f"--optimizer {optimizer} cannot train TorchRec-sharded tables on {device_type} (FBGEMM's "
-                         f"CPU kernels fuse {list(_CPU_FUSED)}): use --optimizer sgd or adagrad, --device cuda, "
-                         "or --parallel data")
-    return fused
-
-
-def check_parallel(config: TrainConfig, mode: str, world_size: int, *, sharding_type: Optional[str] = None,
-                   replicate_rows: Optional[int] = None, memory_per_rank_gb: Optional[float] = None) -> None:
-    """Refuse, before any process starts training, what ``mode`` on ``world_size`` ranks cannot run.
-
-    Raises:
-        ValueError: naming the value: a world size that does not divide ``config.batch_size``, an
-            unknown mode, flags that only one mode takes, a table collection, fused optimizer,
-            model family or option the mode cannot serve.
-    """
-    from compemb.options import SHARDING_TYPES, check_choice
-
-    check_choice("--parallel", mode, PARALLEL_MODES)
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 2:
-        raise ValueError(f"--parallel {mode} needs at least 2 processes (--nproc-per-node N or torchrun), "
-                         f"got a world size of {world_size!r}")
-    if config.batch_size % world_size:
-        low = config.batch_size // world_size * world_size
-        hint = f"{low} or {low + world_size}" if low else str(world_size)
-        raise ValueError(f"--mini-batch-size {config.batch_size} (the global batch) is not divisible by the world size "
-                         f"{world_size}: each rank takes an equal slice of every batch; use e.g. {hint}")
-    if sharding_type is not None:
-        check_choice("--sharding-type", sharding_type, SHARDING_TYPES)
-    model = getattr(config, "model", "dlrm")
-    if getattr(config, "recluster_every", None):
-        raise ValueError(f"--recluster-every {config.recluster_every} cannot combine with --parallel {mode} "
-                         "(re-clustering rebuilds the tables in one process)")
-    if config.device.startswith("cuda:"):
-        raise ValueError(f"--device {config.device} names one GPU; with {world_size} processes give --device cuda "
-                         "(rank r uses GPU LOCAL_RANK)")
-    if memory_per_rank_gb is not None and not (memory_per_rank_gb > 0 and math.isfinite(memory_per_rank_gb)):
-        raise ValueError(f"--memory-per-rank-gb must be a finite number > 0, got {memory_per_rank_gb}")
-    if mode != "hybrid":
-        for flag, value in (("--sharding-type", sharding_type), ("--replicate-rows", replicate_rows)):
-            if value is not None:
-                raise ValueError(f"{flag} {value} cannot combine with --parallel {mode}: only --parallel hybrid "
-                                 "shards tables")
-    if mode == "hybrid":
-        if model != "dlrm":
-            raise ValueError(f"--model {model} cannot combine with --parallel hybrid (its tables are sharded for the "
-                             "DLRM only): use --parallel data or independent")
-        if config.embedding_collection is not None:
-            raise ValueError(f"--embedding-collection {config.embedding_collection} cannot combine with --parallel "
-                             "hybrid: TorchRec's sharded collection serves the tables there; use --parallel data "
-                             "or independent")
-        if config.collection_backend is not None:
-            raise ValueError(f"--optimizer {config.optimizer} (fused into the {config.collection_backend} collection) "
-                             "cannot combine with --parallel hybrid: TorchRec's fused optimizer trains the sharded "
-                             "tables there; use --optimizer sgd or adagrad, or --parallel independent")
-        if config.dlrm_compatible_qr:
-            raise ValueError("--dlrm-compatible-qr cannot combine with --parallel hybrid (DLRM's QREmbeddingBag is "
-                             "no compemb table TorchRec can shard); drop it or use --parallel data")
-        fused_optimizer_name(config.optimizer, torch.device(config.device).type)
-        if replicate_rows is not None and (isinstance(replicate_rows, bool) or replicate_rows < 0):
-            raise ValueError(f"--replicate-rows must be >= 0, got {replicate_rows}")
-    elif mode == "data":
-        if config.optimizer in ("rowwise_adagrad_fbgemm", "sgd_triton_fused"):
-            raise ValueError(f"--optimizer {config.optimizer} cannot combine with --parallel data: it updates the "
-                             "tables inside the backward pass, before DDP could average their gradients; use "
-                             "--parallel independent or a torch optimizer")
-        if config.sparse:
-            raise ValueError("--sparse on cannot combine with --parallel data (DDP averages dense gradients); "
-                             "use --sparse auto or off")
 
 
 def pooling_factors(dataset: Any, sample_rows: int = 4096) -> Dict[str, float]:
@@ -262,133 +165,6 @@ class RankSplit:
             yield batch
 
 
-def _kjt(names: Sequence[str], indices: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor]) -> Any:
-    from torchrec import KeyedJaggedTensor
-
-    lengths = [o[1:] - o[:-1] for o in offsets]
-    return KeyedJaggedTensor(keys=list(names), values=torch.cat(list(indices)), lengths=torch.cat(lengths))
-
-
-class ShardedDLRM(nn.Module):
-    """A :class:`dlrm.model.DLRM` whose tables are one :class:`ShardableEmbeddingBagCollection`.
-
-    Built from a DLRM (its table modules' weights are copied, its MLPs and projections taken
-    over: ``dense_arch`` is the DLRM without its tables), it computes what the DLRM computes:
-    ``forward(dense, features)`` takes a ``KeyedJaggedTensor`` of the DLRM's features;
-    :meth:`logits` takes the DLRM's ``(dense, indices, offsets)``. ``DistributedModelParallel``
-    shards ``sparse_arch``'s TorchRec tables and wraps the rest in DDP.
-
-    Args:
-        model: the DLRM (its ``embeddings`` are emptied: the collection holds the tables now).
-        pooling_factors, replicate_rows: as :class:`compemb.distributed.ShardableEmbeddingBagCollection`.
-    """
-
-    def __init__(self, model: Any, *, pooling_factors: Optional[Mapping[str, float]] = None,
-                 replicate_rows: Optional[int] = None) -> None:
-        from compemb.distributed import REPLICATE_ROWS, ShardableEmbeddingBagCollection
-
-        super().__init__()
-        if getattr(model, "collection", None) is not None or len(model.embeddings) != len(model.config.tables):
-            raise ValueError("ShardedDLRM takes a DLRM with one compemb module per table (no embedding collection)")
-        self.feature_names = [spec.name for spec in model.config.tables]
-        pairs = [(name, bag) for name, bag in zip(self.feature_names, model.embeddings)]
-        try:
-            self.sparse_arch = ShardableEmbeddingBagCollection(
-                pairs, pooling_factors=dict(pooling_factors or {}),
-                replicate_rows=REPLICATE_ROWS if replicate_rows is None else int(replicate_rows),
-                device=next(model.parameters()).device)
-        except TypeError as exc:  # a module kind TorchRec cannot serve
-            raise ValueError(f"--parallel hybrid cannot shard these tables: {exc}") from None
-        model.embeddings = nn.ModuleList()
-        self.dense_arch = model
-
-    def forward(self, dense: torch.Tensor, features: Any) -> torch.Tensor:
-        pooled = self.sparse_arch(features).to_dict()
-        return self.dense_arch.head(dense, self.dense_arch.project([pooled[n] for n in self.feature_names]))
-
-    def logits(self, dense: torch.Tensor, indices: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self(dense, _kjt(self.feature_names, indices, offsets))
-
-
-def dlrm_state_from_sharded(state: Mapping[str, Any], collection: Any, feature_names: Sequence[str]) -> Dict[str, Any]:
-    """A :class:`ShardedDLRM`'s (unsharded) ``state_dict`` as the DLRM's keys (``bottom.*``,
-    ``embeddings.{i}.*``, ...); ``collection`` is its ``sparse_arch``."""
-    index = {name: i for i, name in enumerate(feature_names)}
-    mapping = collection.parameter_map()
-    out: Dict[str, Any] = {}
-    for key, value in state.items():
-        if key.startswith("dense_arch."):
-            out[key[len("dense_arch."):]] = value
-        elif key.startswith("sparse_arch."):
-            ours = key[len("sparse_arch."):]
-            if ours not in mapping:
-                continue  # (a TorchRec buffer, not a weight)
-            feature, name = mapping[ours]
-            out[f"embeddings.{index[feature]}.{name}"] = value
-    return out
-
-
-class ParallelModel:
-    """What the training loop calls ``model`` in a distributed run: the wrapped network's forward,
-    ``predict``, ``train``/``eval``, ``named_parameters`` and ``state_dict``/``load_state_dict``
-    (the DLRM's keys in ``data`` and ``independent`` mode, the sharded model's in ``hybrid``), and
-    the size accounting of the model it was built from (which sharding does not change)."""
-
-    def __init__(self, net: nn.Module, model: Any, mode: str) -> None:
-        self.net, self.mode = net, mode
-        self.module: nn.Module = getattr(net, "module", net) if mode == "data" else net
-        self.config = model.config
-        self._embedding, self._mlp = int(model.embedding_parameters()), int(model.mlp_parameters())
-        self._total = int(model.num_parameters())
-        self._tables: Dict[str, int] = {str(k): int(v) for k, v in model.table_parameters().items()}
-
-    def __call__(self, dense: torch.Tensor, indices: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor]) -> torch.Tensor:
-        if self.mode == "hybrid":
-            return self.net(dense, _kjt(self._names(), indices, offsets))
-        return self.net(dense, indices, offsets)
-
-    def _names(self) -> List[str]:
-        return [spec.name for spec in self.config.tables]
-
-    def predict(self, dense: torch.Tensor, indices: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor]) -> torch.Tensor:
-        return torch.sigmoid(self(dense, indices, offsets))
-
-    @property
-    def training(self) -> bool:
-        return bool(self.net.training)
-
-    def train(self, mode: bool = True) -> ParallelModel:
-        self.net.train(mode)
-        return self
-
-    def eval(self) -> ParallelModel:
-        return self.train(False)
-
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return self.net.parameters()
-
-    def named_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
-        return self.net.named_parameters()
-
-    def state_dict(self) -> Dict[str, Any]:
-        return self.module.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> Any:
-        return self.module.load_state_dict(state)
-
-    def embedding_parameters(self) -> int:
-        return self._embedding
-
-    def mlp_parameters(self) -> int:
-        return self._mlp
-
-    def num_parameters(self) -> int:
-        return self._total
-
-    def table_parameters(self) -> Dict[str, int]:
-        return dict(self._tables)
-
-
 def _table_parameter_ids(model: nn.Module) -> set:
     """The parameters of ``model``'s embedding tables (one module per table, or a collection)."""
     out = {id(p) for bag in getattr(model, "embeddings", []) for p in bag.parameters()}
@@ -428,45 +204,6 @@ class _DenseSynchronised:
     def load_state_dict(self, state: Any) -> None:
         self.inner.load_state_dict(state)
 
-
-def _tensors_only(tree: Any) -> Any:
-    """``tree`` (nested dicts) with only its tensors kept (what DCP stores and loads)."""
-    if isinstance(tree, Mapping):
-        out = {str(k): _tensors_only(v) for k, v in tree.items()}
-        return {k: v for k, v in out.items() if v is not None and v != {}}
-    return tree if isinstance(tree, torch.Tensor) else None
-
-
-def _read_meta(path: str) -> Dict[str, Any]:
-    from dlrm.checkpoint import CheckpointError
-
-    way_out = "delete the checkpoint directory or pass --no-resume to start afresh"
-    try:
-        meta = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint file {path} is missing (written by fewer ranks?); {way_out}") from None
-    except Exception as exc:  # truncated, corrupt or unsafe: nothing in it ran
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"checkpoint file {path} cannot be read safely ({first}); {way_out}") from None
-    if not isinstance(meta, dict) or "config" not in meta or "state" not in meta:
-        raise CheckpointError(f"{path} is not a compemb rank checkpoint; {way_out}")
-    return meta
-
-
-def _latest(directory: str) -> Optional[str]:
-    """The step directory ``directory/latest`` names (``None`` without one)."""
-    pointer = os.path.join(directory, LATEST)
-    if not os.path.exists(pointer):
-        return None
-    with open(pointer, encoding="utf-8") as fh:
-        name = fh.read().strip()
-    path = os.path.join(directory, name)
-    if not name or os.sep in name or not os.path.isdir(path):
-        from dlrm.checkpoint import CheckpointError
-
-        raise CheckpointError(f"{pointer} names {name!r}, which is no step directory beside it; delete "
-                              f"{directory} or pass --no-resume")
-    return path
 
 
 class DistributedTraining:
@@ -510,7 +247,7 @@ class DistributedTraining:
 
     @property
     def checkpoint_name(self) -> str:
-        return {"hybrid": DCP_DIR, "data": "checkpoint.pt", "independent": RANKS_DIR}[self.mode]
+        return checkpoint_name(self.mode)
 
     # -- building -----------------------------------------------------------------------------------
     def model_config(self, config: TrainConfig) -> TrainConfig:
@@ -669,120 +406,24 @@ class DistributedTraining:
             out["rank_metrics"] = every
         return out
 
+    def release(self) -> None:
+        """Drop this run's model and optimizer (before the process group is taken down:
+        :func:`dlrm.distributed_setup.close_process_group`)."""
+        self.model = self.optimizer = None
+
     # -- checkpoints ---------------------------------------------------------------------------------
     def save(self, path: str, config: Mapping[str, Any], model: Any, optimizer: Any, state: Mapping[str, Any]) -> None:
-        """Write this rank's part of the checkpoint at ``path`` (all ranks call it at the same step)."""
-        from dlrm.checkpoint import atomic_save, rng_state, save_checkpoint
-
-        if self.mode == "data":
-            if self.is_main:
-                save_checkpoint(path, config, model, optimizer, state)
-            dist.barrier()
-            return
-        step_dir = os.path.join(path, f"step-{int(state['step']):09d}")
-        if self.is_main:
-            os.makedirs(path, exist_ok=True)
-            shutil.rmtree(step_dir, ignore_errors=True)  # (a save killed half-way)
-            os.makedirs(step_dir)
-        dist.barrier()
-        rest = {k: v for k, v in state.items() if k != "best_model"}
-        if self.mode == "hybrid":
-            import torch.distributed.checkpoint as dcp
-
-            tensors = {"model": _tensors_only(model.state_dict()),
-                       "optimizer": {str(i): _tensors_only(s) for i, s in enumerate(optimizer.state_dict())}}
-            if state.get("best_model") is not None:
-                tensors["best_model"] = _tensors_only(state["best_model"])
-            dcp.save(tensors, checkpoint_id=step_dir)
-            meta = {"config": dict(config), "state": rest, "rng": rng_state(), "world_size": self.world_size,
-                    "parallel": self.mode, "rank": self.rank, "has_best": state.get("best_model") is not None,
-                    "layout": dict(self.layout)}
-            atomic_save(meta, os.path.join(step_dir, f"rank{self.rank}.pt"))
-        else:
-            save_checkpoint(os.path.join(step_dir, f"rank{self.rank}.pt"), config, model, optimizer, state)
-        dist.barrier()
-        if self.is_main:
-            tmp = os.path.join(path, f"{LATEST}.tmp")
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(os.path.basename(step_dir) + "\n")
-            os.replace(tmp, os.path.join(path, LATEST))
-            for old in os.listdir(path):
-                if old.startswith("step-") and old != os.path.basename(step_dir):
-                    shutil.rmtree(os.path.join(path, old), ignore_errors=True)
-        dist.barrier()
-
-    def _refuse_other_formats(self, path: str) -> None:
-        from dlrm.checkpoint import CHECKPOINT_NAME, CheckpointError
-
-        directory = os.path.dirname(path)
-        for name, mode in ((CHECKPOINT_NAME, "data (or one process)"), (DCP_DIR, "hybrid"), (RANKS_DIR, "independent")):
-            other = os.path.join(directory, name)
-            if name != self.checkpoint_name and os.path.exists(other):
-                raise CheckpointError(f"{directory} holds a checkpoint of a --parallel {mode} run ({other}); this "
-                                      f"--parallel {self.mode} run cannot resume it: use another --checkpoint-dir "
-                                      "or pass --no-resume")
+        """Write this rank's part of the checkpoint at ``path`` (all ranks call it at the same step;
+        :func:`dlrm.distributed_checkpoint.save_distributed`)."""
+        save_distributed(path, config, model, optimizer, state, mode=self.mode, rank=self.rank,
+                         world_size=self.world_size, layout=self.layout)
 
     def load(self, path: str, config: Mapping[str, Any], device: Any) -> Optional[Dict[str, Any]]:
         """This rank's checkpoint at ``path`` (``None`` when there is none), as
         :func:`dlrm.checkpoint.load_checkpoint` returns one (``model`` and ``optimizer`` in the
         form the wrapped model's and optimizer's ``load_state_dict`` take)."""
-        from dlrm.checkpoint import CheckpointError, check_resumable, load_checkpoint
-
-        self._refuse_other_formats(path)
-        if self.mode == "data":
-            ckpt = load_checkpoint(path, config, device)
-            if ckpt is not None:  # (rank 0 wrote it; each rank has its own device, which may differ)
-                ckpt["config"] = {**ckpt["config"], "device": config["device"]}
-            return ckpt
-        step_dir = _latest(path) if os.path.isdir(path) else None
-        if step_dir is None:
-            return None
-        mine = os.path.join(step_dir, f"rank{self.rank}.pt")
-        if self.mode == "independent":
-            ckpt = load_checkpoint(mine, config, device)
-            if ckpt is None:
-                raise CheckpointError(f"{mine} is missing: the checkpoint was written by fewer than "
-                                      f"{self.world_size} ranks; resume with as many processes as wrote it")
-            self._check_world(step_dir)
-            return ckpt
-        meta = _read_meta(mine)
-        if meta.get("world_size") != self.world_size:
-            raise CheckpointError(f"{step_dir} was written by {meta.get('world_size')} ranks, this run has "
-                                  f"{self.world_size}: resume with --nproc-per-node {meta.get('world_size')}")
-        check_resumable(meta["config"], config, step_dir)
-        import torch.distributed.checkpoint as dcp
-
-        from torchrec.optim.keyed import KeyedOptimizerWrapper
-
-        assert self.model is not None and self.optimizer is not None, "prepare() first"
-        for _, opt in self.optimizer.optimizers[0].optimizers:
-            if isinstance(opt, KeyedOptimizerWrapper):  # (the dense part; the fused states exist from the start)
-                opt.init_state()  # (lazily created states, e.g. Adam's moments, must exist to be loaded into)
-        model_state = self.model.state_dict()
-        opt_states = self.optimizer.state_dict()
-        target: Dict[str, Any] = {"model": _tensors_only(model_state),
-                                  "optimizer": {str(i): _tensors_only(s) for i, s in enumerate(opt_states)}}
-        best = copy.deepcopy(model_state) if meta.get("has_best") else None
-        if best is not None:
-            target["best_model"] = _tensors_only(best)
-        try:
-            dcp.load(target, checkpoint_id=step_dir)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0][:300] if str(exc) else type(exc).__name__
-            raise CheckpointError(f"checkpoint {step_dir} does not load into this run ({first}); delete it or pass "
-                                  "--no-resume") from None
-        state = dict(meta["state"])
-        state["best_model"] = best
-        return {"config": meta["config"], "model": model_state, "optimizer": opt_states, "state": state,
-                "rng": meta["rng"]}
-
-    def _check_world(self, step_dir: str) -> None:
-        from dlrm.checkpoint import CheckpointError
-
-        ranks = sorted(int(f[4:-3]) for f in os.listdir(step_dir) if f.startswith("rank") and f.endswith(".pt"))
-        if ranks != list(range(self.world_size)):
-            raise CheckpointError(f"{step_dir} holds the checkpoints of ranks {ranks}, this run has {self.world_size} "
-                                  f"ranks: resume with --nproc-per-node {len(ranks)}")
+        return load_distributed(path, config, device, mode=self.mode, rank=self.rank, world_size=self.world_size,
+                                model=self.model, optimizer=self.optimizer)
 
 
 def _optimizer_class(name: str) -> Callable[[Any, float], torch.optim.Optimizer]:
@@ -795,76 +436,3 @@ def _optimizer_class(name: str) -> Callable[[Any, float], torch.optim.Optimizer]
     if name == "adam":
         return lambda params, lr: torch.optim.Adam(params, lr=lr)
     raise ValueError(f"--optimizer {name} cannot combine with --parallel hybrid")
-
-
-def load_unsharded(checkpoint_dir: str, *, dataset: Any = None, rank: int = 0,
-                   device: Any = "cpu") -> Tuple[TrainConfig, nn.Module]:
-    """The model of a checkpoint written by ``N`` ranks, loaded into this one process (no process
-    group) for evaluation or export: a plain :class:`dlrm.model.DLRM` (or model family) with the
-    checkpoint's weights.
-
-    Args:
-        checkpoint_dir: the run's ``--checkpoint-dir``.
-        dataset: the run's data set (default: loaded as the checkpoint's config says; only its
-            cardinalities and features are used).
-        rank: ``independent`` checkpoints: whose tables (default rank 0's, the headline's).
-        device: where the model goes.
-
-    Raises:
-        dlrm.checkpoint.CheckpointError: no distributed checkpoint in ``checkpoint_dir``, or an
-            unreadable one.
-
-    Example::
-
-        >>> config, model = load_unsharded("runs/hybrid")  # doctest: +SKIP
-        >>> evaluate(model, dataset.split("test"), 4096)   # doctest: +SKIP
-    """
-    from dlrm.checkpoint import CHECKPOINT_NAME, CheckpointError, read_checkpoint
-    from dlrm.train import TrainConfig, build_model
-
-    def config_of(saved: Mapping[str, Any]) -> TrainConfig:
-        return dataclasses.replace(TrainConfig(**dict(saved)), device=str(device), checkpoint_dir=None, log_path=None)
-
-    def model_for(config: TrainConfig) -> Any:
-        nonlocal dataset
-        if dataset is None:
-            from dlrm.data import load_dataset
-
-            dataset = load_dataset(config.dataset, **config.dataset_options)
-        return build_model(config, dataset)
-
-    dcp_dir, ranks_dir = os.path.join(checkpoint_dir, DCP_DIR), os.path.join(checkpoint_dir, RANKS_DIR)
-    if os.path.isdir(dcp_dir) and _latest(dcp_dir) is not None:
-        step_dir = _latest(dcp_dir)
-        assert step_dir is not None
-        meta = _read_meta(os.path.join(step_dir, "rank0.pt"))
-        config = config_of(meta["config"])
-        model = model_for(config)
-        template = ShardedDLRM(model_for(config), pooling_factors=meta["layout"]["pooling_factors"],
-                               replicate_rows=meta["layout"]["replicate_rows"])
-        state = _tensors_only(template.state_dict())
-        import torch.distributed.checkpoint as dcp
-
-        dcp.load({"model": state}, checkpoint_id=step_dir)
-        weights = dlrm_state_from_sharded(state, template.sparse_arch, template.feature_names)
-    elif os.path.isdir(ranks_dir) and _latest(ranks_dir) is not None:
-        step_dir = _latest(ranks_dir)
-        assert step_dir is not None
-        ckpt = read_checkpoint(os.path.join(step_dir, f"rank{rank}.pt"), "cpu")
-        config = config_of(ckpt["config"])
-        model, weights = model_for(config), ckpt["model"]
-    elif os.path.isfile(os.path.join(checkpoint_dir, CHECKPOINT_NAME)):
-        ckpt = read_checkpoint(os.path.join(checkpoint_dir, CHECKPOINT_NAME), "cpu")
-        config = config_of(ckpt["config"])
-        model, weights = model_for(config), ckpt["model"]
-    else:
-        raise CheckpointError(f"{checkpoint_dir} holds no checkpoint ({DCP_DIR}/, {RANKS_DIR}/ or {CHECKPOINT_NAME})")
-    params = {name for name, _ in model.named_parameters()}
-    missing = sorted(params - set(weights))
-    if missing:
-        raise CheckpointError(f"the checkpoint in {checkpoint_dir} lacks weights {missing[:5]} of the model its "
-                              "config builds")
-    current = model.state_dict()
-    current.update({k: v for k, v in weights.items() if k in current})
-    model.load_state_dict(current)
-    return config, model.to(device)

@@ -8,7 +8,7 @@ Two ways to start ``N`` ranks, with the same flags as a one-process run::
 The second starts torch's own elastic launcher (``torch.distributed.run``, what ``torchrun`` is)
 with ``--standalone`` for you after checking the flags once; use ``torchrun`` itself for several
 machines (``--nnodes``, ``--rdzv-endpoint``). Inside each rank :func:`join` reads the rank and
-world size torchrun set, checks the ``--parallel`` combination (:func:`dlrm.distributed.check_parallel`),
+world size torchrun set, checks the ``--parallel`` combination (:func:`dlrm.distributed_setup.check_parallel`),
 initialises the process group (NCCL with ``--device cuda``, one GPU per local rank; gloo on CPU)
 and returns the :class:`Job`. Rank 0 alone prints (the configuration, progress, the result; with
 ``--json`` the one JSON line); every rank prints its own errors.
@@ -41,37 +41,11 @@ _DISTRIBUTED_FLAGS = ("parallel", "sharding_type", "replicate_rows", "memory_per
 def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``compemb train`` flags of a multi-process run."""
     from compemb.options import SHARDING_TYPES
-    from dlrm.distributed import PARALLEL_MODES
-
-    def positive_int(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text}")
-        return value
-
-    def non_negative_int(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}")
-        return value
-
-    def gigabytes(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number of GB, got {text!r}") from None
-        if not (value > 0 and value != float("inf")):
-            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-        return value
+    from dlrm.argtypes import int_at_least, number
+    from dlrm.distributed_setup import PARALLEL_MODES
 
     g = parser.add_argument_group("several processes (torchrun; --mini-batch-size is the global batch)")
-    g.add_argument("--nproc-per-node", type=positive_int, default=None, metavar="N",
+    g.add_argument("--nproc-per-node", type=int_at_least(1), default=None, metavar="N",
                    help="start N ranks on this machine with torch's elastic launcher (as torchrun --standalone "
                         "--nproc-per-node N -m compemb train ...)")
     g.add_argument("--parallel", choices=PARALLEL_MODES, default=None,
@@ -82,9 +56,10 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sharding-type", choices=SHARDING_TYPES, default=None,
                    help="hybrid: pin every sharded table to this TorchRec sharding type (default: the planner "
                         "chooses per table)")
-    g.add_argument("--replicate-rows", type=non_negative_int, default=None, metavar="ROWS",
+    g.add_argument("--replicate-rows", type=int_at_least(0), default=None, metavar="ROWS",
                    help="hybrid: replicate (not shard) component tables of at most ROWS rows (default 1024)")
-    g.add_argument("--memory-per-rank-gb", type=gigabytes, default=None, metavar="GB",
+    g.add_argument("--memory-per-rank-gb", type=number(0.0, inclusive=False, what="a number of GB"), default=None,
+                   metavar="GB",
                    help="refuse tables (weights and optimizer state) that fit no rank in GB (default: the GPU's "
                         "memory with --device cuda, no limit on CPU)")
 
@@ -139,11 +114,11 @@ class Job:
         process group is taken down."""
         if self.parallel is None:
             return result
-        import torch.distributed as dist
+        from dlrm.distributed_setup import close_process_group
 
         out = self.parallel.finish(result)
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        self.parallel.release()
+        close_process_group()
         return out
 
 
@@ -170,7 +145,7 @@ def join(args: argparse.Namespace, config: TrainConfig, argv: Sequence[str]) -> 
             global batch, distributed flags without several processes, naming the value
             (before anything starts).
     """
-    from dlrm.distributed import check_parallel, world_from_env
+    from dlrm.distributed_setup import check_parallel, world_from_env
 
     mode = args.parallel or "hybrid"
     flags = _distributed_flags(args)

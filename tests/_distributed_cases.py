@@ -1,7 +1,8 @@
 """The 2-process cases of ``tests/test_distributed_multiprocess.py`` (run in every rank).
 
-One job (2 processes, gloo, forkserver) runs every case in turn and sends each rank's results
-back through a queue: process start-up and ``import torchrec`` dominate, so they are paid once.
+One job (2 spawned processes, gloo; :func:`dlrm.local_ranks.run_local_ranks`) runs every case in
+turn and sends each rank's results back through a queue: process start-up and ``import torchrec``
+dominate, so they are paid once.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 import torch.distributed as dist
+
+from dlrm.distributed_setup import close_process_group
 
 WORLD = 2
 LOCAL_BATCH = 6
@@ -292,4 +295,4 @@ def worker(rank: int, world: int, port: int, queue: Any) -> None:
         results[name + ":seconds"] = time.perf_counter() - t0
         dist.barrier()
     queue.put((rank, results))
-    dist.destroy_process_group()
+    close_process_group()

@@ -19,11 +19,11 @@ def split_widths(dim: int, k: int) -> List[int]:
     return [dim // k + (1 if i < dim % k else 0) for i in range(k)]
 
 
-def gqr_sizes(n: int, k: int) -> List[int]:
-    """Table sizes of generalized QR with ``k`` chosen radices.
+def gqr_radices(n: int, k: int) -> List[int]:
+    """The ``k`` radices generalized QR chooses for ``n`` rows.
 
-    The radices are ``lo = floor(n ** (1/k))`` or ``lo + 1``, with as few ``lo + 1`` (placed
-    first) as make their product reach ``n``; digit ``j`` takes at most ``ceil(n / place_j)`` values.
+    Each is ``lo = floor(n ** (1/k))`` or ``lo + 1``, with as few ``lo + 1`` (placed first) as make
+    their product reach ``n``.
     """
     lo = 1
     while (lo + 1) ** k <= n:
@@ -31,9 +31,16 @@ def gqr_sizes(n: int, k: int) -> List[int]:
     j = 0
     while lo ** (k - j) * (lo + 1) ** j < n:
         j += 1
-    radices = [lo + 1] * j + [lo] * (k - j)
+    return [lo + 1] * j + [lo] * (k - j)
+
+
+def gqr_sizes(n: int, k: int) -> List[int]:
+    """Table sizes of generalized QR with ``k`` chosen radices (:func:`gqr_radices`).
+
+    Digit ``j`` takes at most ``ceil(n / place_j)`` values.
+    """
     sizes, place = [], 1
-    for r in radices:
+    for r in gqr_radices(n, k):
         sizes.append(min(r, ceil_div(n, place)))
         place *= r
     return sizes

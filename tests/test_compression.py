@@ -17,7 +17,8 @@ from compemb.compression import (
     size_for_ratio,
 )
 from compemb.config import EmbeddingBagConfig, build_embedding_bag, compression_ratio, num_parameters
-from _reference import ceil_div, split_widths
+from _doctests import run_doctests
+from _reference import ceil_div, gqr_radices, split_widths
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -48,13 +49,7 @@ def with_last(n, small, coprime):
 
 
 def _tt_shapes(n, d, c=3):
-    lo = 1
-    while (lo + 1) ** c <= n:
-        lo += 1
-    j = 0
-    while lo ** (c - j) * (lo + 1) ** j < n:
-        j += 1
-    p = [lo + 1] * j + [lo] * (c - j)
+    p = gqr_radices(n, c)
     divisors = [f for f in range(1, d + 1) if d % f == 0]
     # descending factors of product d, the largest as small as possible (then the smallest tuple)
     q = min({tuple(sorted(f, reverse=True)) for f in itertools.product(divisors, repeat=c) if math.prod(f) == d},
@@ -233,14 +228,7 @@ def test_examples_at_criteo_scale():
 
 
 def test_docstring_examples_of_the_new_modules():
-    import doctest
-
     from compemb import compression, data_aware, robe, tt
     from compemb.partitions import data_aware as partitions_data_aware
 
-    attempted = 0
-    for module in (compression, data_aware, robe, tt, partitions_data_aware):
-        result = doctest.testmod(module, extraglobs={"torch": torch}, optionflags=doctest.NORMALIZE_WHITESPACE)
-        assert result.failed == 0, module.__name__
-        attempted += result.attempted
-    assert attempted >= 40
+    assert run_doctests(compression, data_aware, robe, tt, partitions_data_aware) >= 40

@@ -9,29 +9,19 @@ import numpy as np
 import pytest
 import torch
 
+import _tiny_data
 from compemb.options import METHODS
-from dlrm.data.batching import RecDataset
-from dlrm.train import TrainConfig, train
+from dlrm.train import train
 
 
-def tiny_dataset(n=600, seed=0):
+def tiny_dataset():
     """Three one-hot features (60, 7 and 300 categories, power-law frequencies) with a learnable signal."""
-    rng = np.random.default_rng(seed)
-    cards = [60, 7, 300]
-    sparse = np.stack([np.minimum((rng.pareto(1.2, n) * c / 8).astype(np.int64), c - 1) for c in cards], axis=1)
-    dense = rng.normal(size=(n, 2)).astype(np.float32)
-    effects = [rng.normal(size=c) * 1.5 for c in cards]
-    logit = dense[:, 0] + sum(e[sparse[:, j]] for j, e in enumerate(effects))
-    labels = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
-    return RecDataset("tiny", dense, labels, sparse, ["a", "b", "c"], cards,
-                      {"train": range(0, 400), "val": range(400, 500), "test": range(500, 600)})
+    return _tiny_data.tiny_dataset(cards=(60, 7, 300), power_law=True)
 
 
 def small_config(**kw):
-    base = dict(dataset="tiny", embedding_dim=4, bottom_mlp=(8, 4), top_mlp=(8, 1), batch_size=32,
-                epochs=1, learning_rate=0.05, optimizer="adagrad", seed=3, threshold=20)
-    base.update(kw)
-    return TrainConfig(**base)
+    """The training tests' small configuration for one epoch, compressing tables over 20 rows."""
+    return _tiny_data.small_config(**{"epochs": 1, "eval_every": None, "threshold": 20, **kw})
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -128,16 +118,7 @@ def test_recluster_hook_changes_the_partition_resets_state_and_resumes_exactly(t
     state = torch.load(tmp_path / "ref" / CHECKPOINT_NAME, weights_only=True)["model"]
     relabel = state["embeddings.2.partition_relabel"]
     assert not torch.equal(relabel, torch.arange(300))  # no longer the identity (plain QR)
-
-    class Kill(Exception):
-        pass
-
-    def kill_at_12(step):
-        if step == 12:
-            raise Kill
-
-    with pytest.raises(Kill):
-        train(small_config(checkpoint_dir=str(tmp_path / "kill"), **cfg), dataset=ds, step_hook=kill_at_12)
+    _tiny_data.train_killed_at(small_config(checkpoint_dir=str(tmp_path / "kill"), **cfg), ds, 12)
     resumed = train(small_config(checkpoint_dir=str(tmp_path / "kill"), **cfg), dataset=ds)
     strip = ("wall_time_s", "samples_per_s")
     assert {k: v for k, v in resumed.items() if k not in strip} == {k: v for k, v in reference.items() if k not in strip}

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -75,11 +76,23 @@ def test_same_bytes_for_any_workers_and_piece_size(days_input, tmp_path):
 
 
 def _run_cli(raw: Path, cache: Path, env_extra: dict, workers: int) -> subprocess.CompletedProcess:
+    """``compemb data prepare`` in a session of its own: on a timeout the driver and every process
+    it started are killed, so none outlives the test."""
     env = {**os.environ, **env_extra, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "dlrm.data.cli", "prepare", "criteo", "--raw-data-file", str(raw), "--data-set", "terabyte",
            "--days", str(len(DAYS)), "--cache-dir", str(cache), "--workers", str(workers), "--piece-mb", str(PIECE / (1 << 20)),
            "--no-progress"]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _orphans(token: str) -> list:
@@ -102,7 +115,7 @@ def _orphans(token: str) -> list:
 def test_kill_and_resume_equals_uninterrupted(days_input, tmp_path, point, workers):
     raw, one = days_input
     cache = tmp_path / "c"
-    token = f"compemb-test-{tmp_path.name}-{point}"
+    token = f"compemb-test-{os.getpid()}-{uuid.uuid4().hex}"  # (no process of an earlier run carries it)
     res = _run_cli(raw, cache, {KILL_ENV: point, "COMPEMB_TEST_TOKEN": token}, workers)
     assert res.returncode == -signal.SIGKILL, res.stderr
     # a half-written cache is not a cache
@@ -111,7 +124,7 @@ def test_kill_and_resume_equals_uninterrupted(days_input, tmp_path, point, worke
         CachedDataset.open(cache)
     work = list(cache.glob(".work-*"))
     assert len(work) == 1
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while _orphans(token) and time.monotonic() < deadline:  # workers notice their parent died
         time.sleep(0.1)
     assert _orphans(token) == []
@@ -126,6 +139,28 @@ def test_kill_and_resume_equals_uninterrupted(days_input, tmp_path, point, worke
         assert resumed.startswith("resume:") and resumed.split()[1].split("/")[0] == resumed.split()[1].split("/")[1]
     assert cache_bytes(cache) == cache_bytes(one)
     assert not list(cache.glob(".work-*"))
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="makes a zombie driver, read through /proc")
+def test_a_worker_started_after_its_driver_died_exits():
+    # the pool starts its workers on demand: one may start after a kill -9 of the driver, which
+    # stays a zombie until its parent reaps it; such a worker must exit, not wait for tasks
+    driver = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while _state(driver.pid) != "Z":
+            assert time.monotonic() < deadline, "the driver did not exit"
+            time.sleep(0.05)
+        code = ("import time; from dlrm.data._criteo_tasks import watch_driver; "
+                f"watch_driver({driver.pid}); time.sleep(60)")
+        res = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=30)
+        assert res.returncode == 1
+    finally:
+        driver.wait()
 
 
 def threshold_reference(lines, threshold, max_ind_range=None, day_lines=None):

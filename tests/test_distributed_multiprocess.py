@@ -1,4 +1,4 @@
-"""compemb.distributed under DistributedModelParallel: real 2-process gloo runs (forkserver).
+"""compemb.distributed under DistributedModelParallel: real 2-process gloo runs (spawned ranks).
 
 All cases run in one 2-process job (``tests/_distributed_cases.py``) started once per module:
 process start-up and ``import torchrec`` cost seconds, each case a fraction of one. Each test
@@ -6,15 +6,11 @@ reads its case's results from both ranks.
 """
 from __future__ import annotations
 
-import queue
-import socket
-import time
-
 import pytest
 
-pytest.importorskip("torchrec")
+from dlrm.local_ranks import RanksFailedError, free_port, run_local_ranks
 
-import torch.multiprocessing as mp  # noqa: E402
+pytest.importorskip("torchrec")
 
 import _distributed_cases as cases  # noqa: E402
 
@@ -22,40 +18,12 @@ TIMEOUT_S = 240
 TOL = 1e-5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def results():
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "torchrec.distributed.model_parallel", "_distributed_cases"])
-    q = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=cases.worker, args=(r, cases.WORLD, port, q)) for r in range(cases.WORLD)]
-    for p in procs:
-        p.start()
-    got = {}
-    start = time.monotonic()
     try:
-        while len(got) < cases.WORLD and time.monotonic() - start < TIMEOUT_S:
-            try:
-                rank, res = q.get(timeout=1)
-                got[rank] = res
-            except queue.Empty:
-                dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
-                if dead:
-                    pytest.fail(f"rank(s) {dead} died (exit codes {[procs[r].exitcode for r in dead]})")
-    finally:
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-    if len(got) < cases.WORLD:
-        pytest.fail(f"no results from ranks {sorted(set(range(cases.WORLD)) - set(got))} within {TIMEOUT_S} s")
-    return got
+        return run_local_ranks(cases.worker, cases.WORLD, (free_port(),), timeout=TIMEOUT_S)
+    except RanksFailedError as exc:
+        pytest.fail(str(exc))
 
 
 def case(results, name):

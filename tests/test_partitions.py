@@ -24,6 +24,7 @@ from compemb.partitions import (
     naive,
     quotient_remainder,
 )
+from _doctests import run_doctests
 
 SMALL_N = st.integers(1, 600)
 LARGE_N = st.integers(1, 2**62)
@@ -513,16 +514,9 @@ def test_generalized_qr_with_radix_products_beyond_int64():
 
 
 def test_docstring_examples():
-    import doctest
-
     from compemb.partitions import algebra, constructors, family, kinds
 
-    attempted = 0
-    for module in (P, algebra, constructors, family, kinds):
-        result = doctest.testmod(module, extraglobs={"torch": torch}, optionflags=doctest.NORMALIZE_WHITESPACE)
-        assert result.failed == 0, module.__name__
-        attempted += result.attempted
-    assert attempted > 10
+    assert run_doctests(P, algebra, constructors, family, kinds) > 10
 
 
 def test_remainder_with_modulus_at_the_int64_limit():

@@ -31,6 +31,7 @@ from compemb import (
 from compemb import functional as CF
 from compemb.partitions import chinese_remainder, generalized_qr, quotient_remainder
 from compemb.plan import plan_table
+from _doctests import run_doctests
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -222,32 +223,36 @@ def test_a_state_of_another_mapping_is_refused_naming_both_sides(make_a, make_b,
         b.load_state_dict(a.state_dict())
 
 
-@pytest.mark.parametrize("kind", sorted(MODULES))
-def test_state_round_trips_through_the_safe_loader(kind):
+@pytest.fixture(params=sorted(MODULES))
+def two_modules(request):
+    """Two modules of one kind (every kind of ``MODULES``), initialised from seeds 0 and 1."""
     torch.manual_seed(0)
-    a = MODULES[kind]()
+    a = MODULES[request.param]()
     torch.manual_seed(1)
-    b = MODULES[kind]()
-    state = _roundtrip(a.state_dict())
-    assert "_extra_state" in state
-    assert b.load_state_dict(state) is not None
+    return a, MODULES[request.param]()
+
+
+def _assert_same_outputs(a, b):
     x, o = torch.tensor([1, 2, 9]), torch.tensor([0, 2])
     torch.testing.assert_close(b(x, o), a(x, o), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("kind", sorted(MODULES))
-def test_a_state_without_extra_state_needs_strict_false(kind):
-    torch.manual_seed(0)
-    a = MODULES[kind]()
-    torch.manual_seed(1)
-    b = MODULES[kind]()
+def test_state_round_trips_through_the_safe_loader(two_modules):
+    a, b = two_modules
+    state = _roundtrip(a.state_dict())
+    assert "_extra_state" in state
+    assert b.load_state_dict(state) is not None
+    _assert_same_outputs(a, b)
+
+
+def test_a_state_without_extra_state_needs_strict_false(two_modules):
+    a, b = two_modules
     old = {k: v for k, v in a.state_dict().items() if not k.endswith("_extra_state")}
     with pytest.raises(RuntimeError, match=r"(?s)_extra_state.*strict=False"):
         b.load_state_dict(old)
     result = b.load_state_dict(old, strict=False)
     assert result.missing_keys == ["_extra_state"]
-    x, o = torch.tensor([1, 2, 9]), torch.tensor([0, 2])
-    torch.testing.assert_close(b(x, o), a(x, o), rtol=0, atol=0)
+    _assert_same_outputs(a, b)
 
 
 # -- 4. uint64 indices reported with their true value --------------------------------------------
@@ -429,14 +434,7 @@ def test_python_dash_m_compemb_runs_the_cli():
 
 
 def test_docstring_examples_of_the_new_helpers():
-    import doctest
-
     from compemb import state
     from compemb.functional import _inputs
 
-    attempted = 0
-    for module in (state, _inputs):
-        result = doctest.testmod(module, extraglobs={"torch": torch}, optionflags=doctest.NORMALIZE_WHITESPACE)
-        assert result.failed == 0, module.__name__
-        attempted += result.attempted
-    assert attempted >= 8
+    assert run_doctests(state, _inputs) >= 8

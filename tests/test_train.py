@@ -11,16 +11,9 @@ import torch
 
 from dlrm.data.batching import RecDataset
 from dlrm.train import CHECKPOINT_NAME, TrainConfig, train
-from _tiny_data import tiny_dataset
+from _tiny_data import small_config, tiny_dataset, train_killed_at
 
 TIME_KEYS = {"wall_time_s", "samples_per_s"}
-
-
-def small_config(**kw):
-    base = dict(dataset="tiny", embedding_dim=4, bottom_mlp=(8, 4), top_mlp=(8, 1), batch_size=32,
-                epochs=2, learning_rate=0.05, optimizer="adagrad", eval_every=5, seed=3)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def _strip(result):
@@ -61,16 +54,7 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path, optimizer):
                method="qr", threshold=10)
     full_dir, kill_dir = tmp_path / "full", tmp_path / "killed"
     reference = train(small_config(checkpoint_dir=str(full_dir), **cfg), dataset=ds)
-
-    class Kill(Exception):
-        pass
-
-    def kill_at_10(step):
-        if step == 10:
-            raise Kill
-
-    with pytest.raises(Kill):
-        train(small_config(checkpoint_dir=str(kill_dir), **cfg), dataset=ds, step_hook=kill_at_10)
+    train_killed_at(small_config(checkpoint_dir=str(kill_dir), **cfg), ds, 10)
     partial = torch.load(kill_dir / CHECKPOINT_NAME, weights_only=True)
     assert partial["state"]["step"] == 9 and not partial["state"]["finished"]
     resumed = train(small_config(checkpoint_dir=str(kill_dir), **cfg), dataset=ds)
@@ -245,16 +229,7 @@ def test_triton_collection_trains_and_resumes(tmp_path, optimizer):
     assert model.table_parameters() == {"a": (13 + 4) * 4, "b": 7 * 4, "c": (50 + 4) * 4}
     reference = train(small_config(checkpoint_dir=str(tmp_path / "full"), **cfg), dataset=ds)
     assert reference["steps"] == 4 and reference["embedding_params"] == (17 + 7 + 54) * 4
-
-    class Kill(Exception):
-        pass
-
-    def kill_at_3(step):
-        if step == 3:
-            raise Kill
-
-    with pytest.raises(Kill):
-        train(small_config(checkpoint_dir=str(tmp_path / "killed"), **cfg), dataset=ds, step_hook=kill_at_3)
+    train_killed_at(small_config(checkpoint_dir=str(tmp_path / "killed"), **cfg), ds, 3)
     resumed = train(small_config(checkpoint_dir=str(tmp_path / "killed"), **cfg), dataset=ds)
     assert _strip(resumed) == _strip(reference)
     a = torch.load(tmp_path / "full" / CHECKPOINT_NAME, weights_only=True)["model"]

@@ -2,7 +2,7 @@
 mode, kill-and-resume under torch's elastic launcher, 1-process loading of a 2-rank checkpoint,
 and bad input refused before training.
 
-The hybrid / data / independent runs share one 2-process forkserver job
+The hybrid / data / independent runs share one 2-process job
 (``tests/_train_distributed_cases.py``); the kill-and-resume test starts the real launcher
 (``compemb train --nproc-per-node 2``) twice and kills rank 1 with SIGKILL in between.
 """
@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torchrec")
+from dlrm.local_ranks import RanksFailedError, free_port, run_local_ranks
 
-import torch.multiprocessing as mp  # noqa: E402
+pytest.importorskip("torchrec")
 
 import _train_distributed_cases as cases  # noqa: E402
 
@@ -32,12 +30,6 @@ TIMEOUT_S = 300
 CURVE_TOL = 1e-4
 METRIC_TOL = 1e-4
 METRICS = ("val_loss", "val_auc", "val_accuracy", "test_loss", "test_auc", "test_accuracy")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _records(path) -> list:
@@ -63,7 +55,7 @@ def one_process(work):
 
 @pytest.fixture(scope="module")
 def job(work):
-    """One 2-rank forkserver job running every case; ``{case: [rank 0's result, rank 1's]}``."""
+    """One 2-rank job (spawned ranks) running every case; ``{case: [rank 0's result, rank 1's]}``."""
     case_list = [
         ("hybrid", cases.argv("--parallel", "hybrid", "--replicate-rows", "100",
                               "--log-file", str(work / "hybrid.jsonl"))),
@@ -82,32 +74,11 @@ def job(work):
                         "--embedding", "qr", "--optimizer", "sgd", "--replicate-rows", "0",
                         "--sharding-type", "data_parallel", "--no-progress"]),
     ]
-    jobs = [(name, _free_port(), args) for name, args in case_list]
-    # spawn, not the process-wide forkserver: another test may have started that server already
-    # (with its own preloads and the environment of that moment), and the ranks must see this one
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=cases.worker, args=(r, cases.WORLD, jobs, q)) for r in range(cases.WORLD)]
-    for p in procs:
-        p.start()
-    got: dict = {}
-    start = time.monotonic()
+    jobs = [(name, free_port(), args) for name, args in case_list]
     try:
-        while len(got) < cases.WORLD and time.monotonic() - start < TIMEOUT_S:
-            try:
-                rank, res = q.get(timeout=1)
-                got[rank] = res
-            except queue.Empty:
-                dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
-                if dead:
-                    pytest.fail(f"rank(s) {dead} died (exit codes {[procs[r].exitcode for r in dead]})")
-    finally:
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-    if len(got) < cases.WORLD:
-        pytest.fail(f"no results from ranks {sorted(set(range(cases.WORLD)) - set(got))} within {TIMEOUT_S} s")
+        got = run_local_ranks(cases.worker, cases.WORLD, (jobs,), timeout=TIMEOUT_S)
+    except RanksFailedError as exc:
+        pytest.fail(str(exc))
     return {name: [got[r][name] for r in range(cases.WORLD)] for name, _, _ in jobs}
 
 
@@ -115,6 +86,8 @@ def _finished(job, name) -> dict:
     main, other = job[name]
     for rank, res in enumerate(job[name]):
         assert res["code"] == 0, f"rank {rank}, case {name}: {res['stderr']}"
+        # the run took its process group down once, with no DDP module left to outlive it
+        assert res["ddp_at_teardown"] == [0], (rank, name, res["ddp_at_teardown"])
     assert other["stdout"] == "", "only rank 0 prints"
     lines = main["stdout"].strip().splitlines()
     assert len(lines) == 1, main["stdout"]  # --json: one line, from rank 0

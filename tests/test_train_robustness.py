@@ -16,7 +16,7 @@ import dlrm.train as T
 from dlrm.checkpoint import CheckpointError, load_checkpoint
 from dlrm.cli import train_main
 from dlrm.train import CHECKPOINT_NAME, TrainConfig, TrainingCollapsedError, train
-from _tiny_data import tiny_dataset
+from _tiny_data import small_config, tiny_dataset, train_killed_at
 
 TIME_KEYS = {"wall_time_s", "samples_per_s"}
 # a tiny synthetic run through the CLI (13 dense features, small tables)
@@ -25,30 +25,12 @@ CLI_SYNTH = ["--data-set", "synthetic", "--synthetic-rows", "1500", "--synthetic
              "--mini-batch-size", "64", "--no-progress"]
 
 
-def small_config(**kw):
-    base = dict(dataset="tiny", embedding_dim=4, bottom_mlp=(8, 4), top_mlp=(8, 1), batch_size=32,
-                epochs=2, learning_rate=0.05, optimizer="adagrad", eval_every=5, seed=3)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
 def _records(path):
     out = []
     for line in path.read_text().splitlines():
         rec = json.loads(line)
         out.append({k: v for k, v in rec.items() if k not in TIME_KEYS})
     return out
-
-
-class Kill(Exception):
-    pass
-
-
-def _kill_at(n):
-    def hook(step):
-        if step == n:
-            raise Kill
-    return hook
 
 
 # -- item 2: the log after a kill and a resume is the uninterrupted run's ------------------------
@@ -60,17 +42,15 @@ def test_log_after_kill_and_resume_equals_uninterrupted(tmp_path):
     full_log, kill_log = tmp_path / "full.jsonl", tmp_path / "killed.jsonl"
     train(small_config(checkpoint_dir=str(tmp_path / "full"), log_path=str(full_log), **cfg), dataset=ds)
     killed = small_config(checkpoint_dir=str(tmp_path / "killed"), log_path=str(kill_log), **cfg)
-    with pytest.raises(Kill):
-        train(killed, dataset=ds, step_hook=_kill_at(8))
+    train_killed_at(killed, ds, 8)
     assert [r["step"] for r in _records(kill_log)] == [2, 4, 6, 8]
     train(killed, dataset=ds)
     assert _records(kill_log) == _records(full_log)
     assert [(r["event"], r.get("step", r.get("steps"))) for r in _records(full_log)] == \
         [("eval", s) for s in (2, 4, 6, 8, 10, 12, 13)] + [("final", 13)]
     # a resumed run logging to a new file writes the whole run there
-    with pytest.raises(Kill):
-        train(small_config(checkpoint_dir=str(tmp_path / "k2"), log_path=str(tmp_path / "a.jsonl"), **cfg),
-              dataset=ds, step_hook=_kill_at(10))
+    train_killed_at(small_config(checkpoint_dir=str(tmp_path / "k2"), log_path=str(tmp_path / "a.jsonl"), **cfg),
+                    ds, 10)
     train(small_config(checkpoint_dir=str(tmp_path / "k2"), log_path=str(tmp_path / "b.jsonl"), **cfg), dataset=ds)
     assert _records(tmp_path / "b.jsonl") == _records(full_log)
 

@@ -83,7 +83,9 @@ def test_forward_and_gradients_equal_reference(case):
         want = [None] * len(got)
     for a, b in zip(got, want):
         b = torch.zeros_like(a) if b is None else b
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        # a table's gradient sums products of the other tables' rows in another order than the
+        # reference: with k = 4 and cancelling terms the fp32 rounding reaches ~1.5e-6 absolute
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])

@@ -20,8 +20,9 @@ Names are imported on first use: ``import compemb.distributed`` does not import 
 """
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any, List
+
+from compemb._lazy import load_export
 
 if TYPE_CHECKING:  # (for editors and type checkers)
     from compemb.distributed.collection import ShardableEmbeddingBagCollection  # noqa: F401
@@ -55,12 +56,7 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'compemb.distributed' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+    return load_export(globals(), _EXPORTS, name)
 
 
 def __dir__() -> List[str]:

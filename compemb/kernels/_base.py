@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
 import torch
 from torch import nn
@@ -52,39 +52,40 @@ def import_reason(module: str) -> Optional[str]:
 class Backend(abc.ABC):
     """A way to compute compositional embedding bags from codes.
 
-    Subclasses set ``name`` and ``priority`` (higher is preferred by ``"auto"``) and implement
-    :meth:`unsupported_reason` and :meth:`embedding_bag`.
+    Subclasses set ``name``, ``priority`` (higher is preferred by ``"auto"``) and ``extras`` (the
+    keyword arguments beyond the contract they take) and implement :meth:`unsupported_reason`
+    and :meth:`kernel`.
     """
 
     name: ClassVar[str] = "abstract"
     priority: ClassVar[int] = 0
+    #: the keyword arguments of :func:`compemb.functional.kernel_extras` this backend takes
+    extras: ClassVar[FrozenSet[str]] = frozenset()
 
     @abc.abstractmethod
     def unsupported_reason(self, options: BagOptions) -> Optional[str]:
         """``None`` when this backend computes ``options`` exactly, else why not."""
 
     @abc.abstractmethod
-    def embedding_bag(
-        self,
-        codes: torch.Tensor,
-        offsets: torch.Tensor,
-        weights: Sequence[torch.Tensor],
-        operation: str,
-        mode: str,
-        compose: str,
-        per_sample_weights: Optional[torch.Tensor] = None,
-        *,
-        sparse: bool = False,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-    ) -> torch.Tensor:
+    def kernel(self) -> Callable[..., torch.Tensor]:
+        """The function that computes :meth:`embedding_bag` (the same arguments)."""
+
+    def embedding_bag(self, codes: torch.Tensor, offsets: torch.Tensor, weights: Sequence[torch.Tensor],
+                      operation: str, mode: str, compose: str, per_sample_weights: Optional[torch.Tensor] = None,
+                      **extras: Any) -> torch.Tensor:
         """The kernel contract: ``(k, N)`` codes, ``(B + 1,)`` offsets, ``k`` tables -> ``(B, d)``.
 
-        The keyword-only arguments (:func:`compemb.functional.kernel_extras`) are passed, with
-        values other than their defaults, only to a backend whose :meth:`unsupported_reason`
-        accepted them.
+        The keyword arguments (:func:`compemb.functional.kernel_extras`: ``sparse``,
+        ``max_norm``, ``norm_type``, ``scale_grad_by_freq``) are passed, with values other than
+        their defaults, only to a backend whose :meth:`unsupported_reason` accepted them.
+
+        Raises:
+            ValueError: a keyword argument this backend does not take (see ``extras``).
         """
+        unknown = sorted(set(extras) - self.extras)
+        if unknown:
+            raise ValueError(f"{self.name} backend does not take {unknown}")
+        return self.kernel()(codes, offsets, weights, operation, mode, compose, per_sample_weights, **extras)
 
     def __repr__(self) -> str:
         return f"<compemb backend {self.name!r}>"
@@ -173,12 +174,15 @@ class CollectionBackend(abc.ABC):
             collection (a list of :class:`EncodedBag`). ``True``: it gets the bags as given
             (:data:`CollectionBags`), checks them itself when ``validate`` is true and trusts
             them otherwise.
+        requires: the module this backend imports to work (``None``: torch alone), checked by
+            :meth:`unavailable_reason`.
     """
 
     name: ClassVar[str] = "abstract"
     fused_optimizers: ClassVar[Tuple[str, ...]] = ()
     sparse_gradients: ClassVar[bool] = False
     raw_input: ClassVar[bool] = False
+    requires: ClassVar[Optional[str]] = None
 
     def __init__(
         self,
@@ -197,7 +201,7 @@ class CollectionBackend(abc.ABC):
     @classmethod
     def unavailable_reason(cls) -> Optional[str]:
         """``None`` when the packages this backend needs import here, else why not."""
-        return None
+        return None if cls.requires is None else import_reason(cls.requires)
 
     @classmethod
     @abc.abstractmethod

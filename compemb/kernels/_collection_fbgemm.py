@@ -31,21 +31,18 @@ from compemb.kernels._base import (
     FeatureSpec,
     JaggedBags,
     LookupInput,
-    import_reason,
 )
+from compemb.kernels._collection_input import bag_lengths, check_range, pack_features, raise_out_of_range
 from compemb.kernels._native import NativeKernels, native_kernels
+from compemb.kernels._pooled import dense_tbe_lookup
 from compemb.kernels._small_tables import (
     MAX_SPLIT_ROWS,
     MODE_PLAIN,
     EncodedBatch,
     SmallTablePlan,
-    bag_lengths,
-    check_range,
     compose_backward,
     compose_forward,
     encode_batch,
-    pack_features,
-    raise_out_of_range,
 )
 from compemb.options import FUSED_OPTIMIZERS
 
@@ -215,6 +212,7 @@ class FbgemmCollection(CollectionBackend):
     name = "fbgemm"
     fused_optimizers = FUSED_OPTIMIZERS
     raw_input = True
+    requires = "fbgemm_gpu.split_table_batched_embeddings_ops_training"
 
     def __init__(self, specs: Sequence[FeatureSpec], optimizer: Optional[str] = None, learning_rate: float = 0.01,
                  eps: float = 1e-8, sparse: bool = False) -> None:
@@ -228,10 +226,6 @@ class FbgemmCollection(CollectionBackend):
         self.use_native = True
         #: call FBGEMM's CPU operators directly with a fused optimizer (tests turn this off)
         self.use_cpu_ops = True
-
-    @classmethod
-    def unavailable_reason(cls) -> Optional[str]:
-        return import_reason("fbgemm_gpu.split_table_batched_embeddings_ops_training")
 
     @classmethod
     def unsupported_reason(
@@ -424,25 +418,4 @@ class FbgemmCollection(CollectionBackend):
 
     def _dense_lookup(self, tbe: Any, enc: EncodedBatch) -> torch.Tensor:
         meta = self.slot_meta(tbe, enc.layout.slot_tables)
-        vbe = tbe._generate_vbe_metadata(enc.tbe_offsets, None)
-        return torch.ops.fbgemm.dense_embedding_codegen_lookup_function(
-            dev_weights=tbe.weights,
-            weights_offsets=meta["weights_offsets"],
-            D_offsets=meta["D_offsets"],
-            total_D=meta["total_D"],
-            max_D=tbe.max_D,
-            hash_size_cumsum=meta["hash_size_cumsum"],
-            total_hash_size_bits=tbe.total_hash_size_bits,
-            indices=enc.tbe_indices,
-            offsets=enc.tbe_offsets,
-            pooling_mode=_SUM,
-            indice_weights=None,
-            feature_requires_grad=None,
-            output_dtype=tbe.output_dtype,
-            B_offsets=vbe.B_offsets,
-            vbe_output_offsets_feature_rank=vbe.output_offsets_feature_rank,
-            vbe_B_offsets_rank_per_feature=vbe.B_offsets_rank_per_feature,
-            max_B=vbe.max_B,
-            max_B_feature_rank=vbe.max_B_feature_rank,
-            vbe_output_size=vbe.output_size,
-        )
+        return dense_tbe_lookup(tbe, tbe.weights, enc.tbe_indices, enc.tbe_offsets, _SUM, tables=meta)

@@ -23,8 +23,8 @@ from compemb.kernels._base import (
     FeatureSpec,
     JaggedBags,
     LookupInput,
-    import_reason,
 )
+from compemb.kernels._collection_input import check_bag_form
 from compemb.kernels._tbe_layout import TBELayout, tbe_layout, validate_tbe_input
 
 __all__ = ["TritonCollection", "pack_bags"]
@@ -56,28 +56,18 @@ def pack_bags(specs: Sequence[FeatureSpec], bags: CollectionBags) -> Tuple[torch
     values, offsets, firsts, lasts, counts, batch = [], [], [], [], [], []
     base = 0
     for spec, (x, off, last) in zip(specs, bags):
-        name = f"feature {spec.name!r}"
-        if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-            raise TypeError(f"{name}: indices must be an integer tensor, got "
-                            f"{getattr(x, 'dtype', type(x).__name__)}")
+        check_bag_form(spec.name, x, off)
         if x.dim() == 2:
-            if off is not None:
-                raise ValueError(f"{name}: offsets must be None for 2-D input, got shape {tuple(off.shape)}")
             B, L = x.shape
             off = torch.arange(B + 1, device=x.device) * L
             x = x.reshape(-1)
-        elif x.dim() == 1:
-            if off is None:
-                raise ValueError(f"{name}: offsets are required with 1-D input (got None)")
-            if not isinstance(off, torch.Tensor) or off.dim() != 1 or off.is_floating_point():
-                raise ValueError(f"{name}: offsets must be a 1-D integer tensor")
+        else:
+            assert off is not None
             off = off.to(device=x.device, dtype=torch.long)
             if not last:
                 off = torch.cat([off, off.new_full((1,), x.numel())])
             if off.numel() < 1:
-                raise ValueError(f"{name}: with include_last_offset=True offsets needs at least one entry")
-        else:
-            raise ValueError(f"{name}: input must be 1-D or 2-D, got shape {tuple(x.shape)}")
+                raise ValueError(f"feature {spec.name!r}: with include_last_offset=True offsets needs at least one entry")
         batch.append(off.numel() - 1)
         values.append(x.long())
         offsets.append(off[:-1] + base)
@@ -112,6 +102,7 @@ class TritonCollection(CollectionBackend):
     name = "triton"
     fused_optimizers = ("exact_sgd",)
     raw_input = True
+    requires = "triton"
 
     def __init__(self, specs: Sequence[FeatureSpec], optimizer: Optional[str] = None, learning_rate: float = 0.01,
                  eps: float = 1e-8, sparse: bool = False) -> None:
@@ -121,10 +112,6 @@ class TritonCollection(CollectionBackend):
             [s.name for s in self.specs], [s.family for s in self.specs], self.specs[0].embedding_dim,
             ops[0] if ops else "add", [s.mode for s in self.specs], composes[0] if composes else "before_pool",
             [s.widths for s in self.specs])
-
-    @classmethod
-    def unavailable_reason(cls) -> Optional[str]:
-        return import_reason("triton")
 
     @classmethod
     def unsupported_reason(

@@ -17,14 +17,14 @@ row-wise Adagrad) need FBGEMM to own the weights and are served by
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
 from fbgemm_gpu.split_table_batched_embeddings_ops_training import DenseTableBatchedEmbeddingBagsCodegen
 
 from compemb.kernels._base import Backend
-from compemb.kernels._pooled import combine_pooled, exactness_reason, tbe_inputs
+from compemb.kernels._pooled import combine_pooled, dense_tbe_lookup, exactness_reason, tbe_inputs
 from compemb.options import BagOptions
 
 __all__ = ["BACKEND", "FbgemmBackend", "fbgemm_embedding_bag", "tbe_inputs", "exactness_reason", "combine_pooled"]
@@ -52,28 +52,7 @@ def _pooled_one_table(codes_t: torch.Tensor, offsets: torch.Tensor, weight: torc
                       per_sample_weights: Optional[torch.Tensor]) -> torch.Tensor:
     """``(B, d)``: one table pooled over every bag by FBGEMM's dense TBE op (no copy of the table)."""
     tbe = _dense_tbe(((int(weight.shape[0]), int(weight.shape[1])),), mode, weight.device)
-    vbe = tbe._generate_vbe_metadata(offsets, None)
-    return torch.ops.fbgemm.dense_embedding_codegen_lookup_function(
-        dev_weights=weight.reshape(-1),
-        weights_offsets=tbe.weights_offsets,
-        D_offsets=tbe.D_offsets,
-        total_D=tbe.total_D,
-        max_D=tbe.max_D,
-        hash_size_cumsum=tbe.hash_size_cumsum,
-        total_hash_size_bits=tbe.total_hash_size_bits,
-        indices=codes_t,
-        offsets=offsets,
-        pooling_mode=tbe.pooling_mode,
-        indice_weights=per_sample_weights,
-        feature_requires_grad=None,
-        output_dtype=tbe.output_dtype,
-        B_offsets=vbe.B_offsets,
-        vbe_output_offsets_feature_rank=vbe.output_offsets_feature_rank,
-        vbe_B_offsets_rank_per_feature=vbe.B_offsets_rank_per_feature,
-        max_B=vbe.max_B,
-        max_B_feature_rank=vbe.max_B_feature_rank,
-        vbe_output_size=vbe.output_size,
-    )
+    return dense_tbe_lookup(tbe, weight.reshape(-1), codes_t, offsets, tbe.pooling_mode, per_sample_weights)
 
 
 def _pooled_per_table(codes: torch.Tensor, offsets: torch.Tensor, weights: Sequence[torch.Tensor], mode: str,
@@ -175,20 +154,8 @@ class FbgemmBackend(Backend):
             return f"max_norm={options.max_norm} (renormalisation is not implemented)"
         return None
 
-    def embedding_bag(
-        self,
-        codes: torch.Tensor,
-        offsets: torch.Tensor,
-        weights: Sequence[torch.Tensor],
-        operation: str,
-        mode: str,
-        compose: str,
-        per_sample_weights: Optional[torch.Tensor] = None,
-        **extras: Any,
-    ) -> torch.Tensor:
-        if extras:
-            raise ValueError(f"fbgemm backend does not take {sorted(extras)}")
-        return fbgemm_embedding_bag(codes, offsets, weights, operation, mode, compose, per_sample_weights)
+    def kernel(self) -> Callable[..., torch.Tensor]:
+        return fbgemm_embedding_bag
 
 
 BACKEND = FbgemmBackend()

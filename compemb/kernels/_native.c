@@ -176,6 +176,23 @@ static inline float bag_scale(const int64_t* off, int64_t b, int64_t mean) {
   return L > 0 ? 1.0f / (float)L : 1.0f;
 }
 
+/* The small rows of a bag, scaled by s, into rp: the row of class c (mode 1; zeros when c < 0,
+ * an empty bag) or the sum of the feature's mf rows weighted by the bag's counts cb (mode 2). */
+static inline void small_rows(float* rp, const float* Rf, int64_t D, float s, int64_t md, int32_t c,
+                              const float* cb, int64_t mf) {
+  if (md == 1) {
+    if (c >= 0) { const float* r = Rf + (int64_t)c * D; for (int64_t k = 0; k < D; ++k) rp[k] = r[k] * s; }
+    else for (int64_t k = 0; k < D; ++k) rp[k] = 0.0f;
+    return;
+  }
+  for (int64_t k = 0; k < D; ++k) rp[k] = 0.0f;
+  for (int64_t j = 0; j < mf; ++j) {
+    const float w = cb[j] * s;
+    const float* r = Rf + j * D;
+    for (int64_t k = 0; k < D; ++k) rp[k] += w * r[k];
+  }
+}
+
 /* One feature of the forward composition, for a width D known at compile time (or not). */
 #define COMPOSE_FWD(NAME, DDECL)                                                                      \
 static void NAME(const float* P, int64_t ldp, float* out, int64_t ldo, const float* Rf, const int32_t* cls,   \
@@ -202,19 +219,7 @@ static void NAME(const float* P, int64_t ldp, float* out, int64_t ldo, const flo
       for (int64_t k = 0; k < D; ++k) o[k] = rp[k] * s;                                                    \
       continue;                                                                                           \
     }                                                                                                     \
-    if (md == 1) {                                                                                        \
-      const int32_t c = cls[b * ldc + ccol];                                                              \
-      if (c >= 0) { const float* r = Rf + (int64_t)c * D; for (int64_t k = 0; k < D; ++k) rp[k] = r[k] * s; } \
-      else for (int64_t k = 0; k < D; ++k) rp[k] = 0.0f;                                                   \
-    } else {                                                                                              \
-      const float* cb = cnt + b * ldn + ccol;                                                             \
-      for (int64_t k = 0; k < D; ++k) rp[k] = 0.0f;                                                        \
-      for (int64_t j = 0; j < mf; ++j) {                                                                  \
-        const float w = cb[j] * s;                                                                        \
-        const float* r = Rf + j * D;                                                                      \
-        for (int64_t k = 0; k < D; ++k) rp[k] += w * r[k];                                                 \
-      }                                                                                                   \
-    }                                                                                                     \
+    small_rows(rp, Rf, D, s, md, md == 1 ? cls[b * ldc + ccol] : -1, cnt + b * ldn + ccol, mf);           \
     float pv[MAX_D];                                                                                      \
     for (int64_t k = 0; k < D; ++k) pv[k] = p[k] * s;                                                      \
     if (op) {                                                                                             \
@@ -292,20 +297,9 @@ static void NAME(const float* g, int64_t ldg, float* gP, int64_t ldp, const floa
       continue;                                                                                           \
     }                                                                                                     \
     float rp[MAX_D], h[MAX_D];                                                                            \
-    int32_t c1 = -1;                                                                                      \
+    const int32_t c1 = md == 1 ? cls[b * ldc + ccol] : -1;                                                \
     const float* cb = cnt + b * ldn + ccol;                                                               \
-    if (md == 1) {                                                                                        \
-      c1 = cls[b * ldc + ccol];                                                                           \
-      if (c1 >= 0) { const float* r = Rf + (int64_t)c1 * D; for (int64_t k = 0; k < D; ++k) rp[k] = r[k] * s; } \
-      else for (int64_t k = 0; k < D; ++k) rp[k] = 0.0f;                                                   \
-    } else {                                                                                              \
-      for (int64_t k = 0; k < D; ++k) rp[k] = 0.0f;                                                        \
-      for (int64_t j = 0; j < mf; ++j) {                                                                  \
-        const float w = cb[j] * s;                                                                        \
-        const float* r = Rf + j * D;                                                                      \
-        for (int64_t k = 0; k < D; ++k) rp[k] += w * r[k];                                                 \
-      }                                                                                                   \
-    }                                                                                                     \
+    small_rows(rp, Rf, D, s, md, c1, cb, mf);                                                             \
     float gv[MAX_D], pv[MAX_D];                                                                           \
     for (int64_t k = 0; k < D; ++k) gv[k] = gg[k] * s;                                                     \
     if (op) {                                                                                             \

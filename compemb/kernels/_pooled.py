@@ -1,8 +1,9 @@
 """Per-table pooling, as FBGEMM's table-batched embedding (TBE) computes it, in plain torch.
 
 A TBE pools every table on its own; these helpers say when that is exact for a compositional
-bag, lay the ``(k, N)`` codes out as TBE input and combine the pooled tables afterwards. Nothing
-here imports ``fbgemm_gpu``.
+bag, lay the ``(k, N)`` codes out as TBE input, call FBGEMM's dense TBE operator on given tables
+and combine the pooled tables afterwards. Nothing here imports ``fbgemm_gpu`` (the operator is
+looked up when called).
 
 Example::
 
@@ -11,13 +12,13 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from compemb.options import COMPOSES, OPERATIONS
 
-__all__ = ["exactness_reason", "tbe_inputs", "combine_pooled"]
+__all__ = ["exactness_reason", "tbe_inputs", "combine_pooled", "dense_tbe_lookup"]
 
 
 def exactness_reason(operation: str, mode: str, compose: str, k: int) -> Optional[str]:
@@ -67,3 +68,28 @@ def combine_pooled(pooled: torch.Tensor, widths: Sequence[int], operation: str) 
     for p in parts[1:]:
         out = out * p if operation == "mult" else out + p
     return out
+
+
+#: what says where a TBE's tables lie in its flat weights
+_TABLE_KEYS = ("weights_offsets", "D_offsets", "total_D", "hash_size_cumsum")
+
+
+def dense_tbe_lookup(tbe: Any, dev_weights: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
+                     pooling_mode: int, indice_weights: Optional[torch.Tensor] = None,
+                     tables: Optional[Mapping[str, Any]] = None) -> torch.Tensor:
+    """FBGEMM's dense TBE operator: the pooled ``(B, total_D)`` lookup of ``tbe``'s tables in ``dev_weights``.
+
+    ``tbe`` is a ``DenseTableBatchedEmbeddingBagsCodegen`` (its shapes and output dtype).
+    ``tables`` replaces its ``weights_offsets``, ``D_offsets``, ``total_D`` and
+    ``hash_size_cumsum`` (a lookup of some of its tables, in another order).
+    """
+    layout = {key: getattr(tbe, key) if tables is None else tables[key] for key in _TABLE_KEYS}
+    vbe = tbe._generate_vbe_metadata(offsets, None)
+    return torch.ops.fbgemm.dense_embedding_codegen_lookup_function(
+        dev_weights=dev_weights, max_D=tbe.max_D, total_hash_size_bits=tbe.total_hash_size_bits,
+        indices=indices, offsets=offsets, pooling_mode=pooling_mode, indice_weights=indice_weights,
+        feature_requires_grad=None, output_dtype=tbe.output_dtype, B_offsets=vbe.B_offsets,
+        vbe_output_offsets_feature_rank=vbe.output_offsets_feature_rank,
+        vbe_B_offsets_rank_per_feature=vbe.B_offsets_rank_per_feature, max_B=vbe.max_B,
+        max_B_feature_rank=vbe.max_B_feature_rank, vbe_output_size=vbe.output_size, **layout,
+    )

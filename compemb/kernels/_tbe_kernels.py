@@ -78,13 +78,14 @@ def _row_ptrs(x, place, modulus, base, width, rel, D, IDX32: tl.constexpr, UNIFO
 
 
 @triton.jit
-def _first_index(idx_ptr, start, length, PREFETCH: tl.constexpr):
-    """The first index of every bag, loaded ahead (``start`` as a placeholder without prefetch)."""
+def _walk_start(idx_ptr, start, length, PREFETCH: tl.constexpr):
+    """The longest bag's length and the first index of every bag, loaded ahead (``start`` as a
+    placeholder without prefetch): the start of the lock-step walk over the bags."""
     if PREFETCH:
         first = tl.load(idx_ptr + start, mask=length > 0, other=0)
     else:
         first = start
-    return first
+    return tl.max(length, axis=0), first
 
 
 @triton.jit
@@ -116,8 +117,7 @@ def _pooled(idx_ptr, w_ptr, start, length, place, modulus, base, width, rel, cma
             BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
     """Per-table pooled vectors ``(K, BLOCK_B, BLOCK_D)`` (scaled for mean; 1 for absent tables)."""
     acc = tl.zeros([K, BLOCK_B, BLOCK_D], tl.float32)
-    maxlen = tl.max(length, axis=0)
-    x_next = _first_index(idx_ptr, start, length, PREFETCH)
+    maxlen, x_next = _walk_start(idx_ptr, start, length, PREFETCH)
     for i in range(0, maxlen):
         ptrs, m3, valid, x_next = _rows_at(idx_ptr, start, length, i, x_next, place, modulus, base, width,
                                            rel, cmask, D, IDX32, UNIFORM, PREFETCH)
@@ -145,8 +145,7 @@ def tbe_fwd_kernel(
         res = tl.reduce(pooled, 0, _mul)
     else:
         acc = tl.zeros([BLOCK_B, BLOCK_D], tl.float32)
-        maxlen = tl.max(length, axis=0)
-        x_next = _first_index(idx_ptr, start, length, PREFETCH)
+        maxlen, x_next = _walk_start(idx_ptr, start, length, PREFETCH)
         for i in range(0, maxlen):
             ptrs, m3, valid, x_next = _rows_at(idx_ptr, start, length, i, x_next, place, modulus, base, width,
                                                rel, cmask, D, IDX32, UNIFORM, PREFETCH)
@@ -212,8 +211,7 @@ def tbe_bwd_kernel(
         acc = tl.zeros([K, R, BLOCK_D], tl.float32)  # small tables' gradient rows of this program
     else:
         cnt = tl.zeros([K, BLOCK_B, R], tl.float32)  # hits of small row r by bag b
-    maxlen = tl.max(length, axis=0)
-    x_next = _first_index(idx_ptr, start, length, PREFETCH)
+    maxlen, x_next = _walk_start(idx_ptr, start, length, PREFETCH)
     for i in range(0, maxlen):
         valid = i < length
         x, x_next = _index_at(idx_ptr, start, length, i, x_next, PREFETCH)
@@ -276,8 +274,7 @@ def tbe_apply_kernel(
         cmask = cmask & (modulus > R)[:, None]
     # grad_ptr is the fp32 scratch seen as int32 (the interpreter exchanges integers only)
     zeros = tl.zeros([K, BLOCK_B, BLOCK_D], tl.int32)
-    maxlen = tl.max(length, axis=0)
-    x_next = _first_index(idx_ptr, start, length, PREFETCH)
+    maxlen, x_next = _walk_start(idx_ptr, start, length, PREFETCH)
     for i in range(0, maxlen):
         ptrs, m3, valid, x_next = _rows_at(idx_ptr, start, length, i, x_next, place, modulus, base, width,
                                            rel, cmask, D, IDX32, UNIFORM, PREFETCH)

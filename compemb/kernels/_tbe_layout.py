@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from compemb.kernels._collection_input import offsets_flags, out_of_range_error, raise_bad_offsets
 from compemb.options import COMPOSES, OPERATIONS, check_compose, check_operation
 
 __all__ = [
@@ -316,9 +317,7 @@ def validate_tbe_input(
     N = indices.numel()
     B = (offsets.numel() - 1) // F
     tens = layout.tensors(indices.device)
-    checks = [offsets[0] != 0, offsets[-1] != N]
-    checks.append((offsets[1:] < offsets[:-1]).any() if offsets.numel() > 1
-                  else torch.zeros((), dtype=torch.bool, device=offsets.device))
+    checks = offsets_flags(offsets, N)
     if N:
         bounds = offsets[B::B].contiguous()  # end of every feature's indices
         pos = torch.arange(N, device=indices.device)
@@ -330,18 +329,8 @@ def validate_tbe_input(
     for flag, (_, raise_fn) in zip(flags[len(checks):], extra_checks):
         if flag:
             raise_fn()
-    if flags[0]:
-        raise ValueError(f"offsets[0] must be 0, got {int(offsets[0])}")
-    if flags[1]:
-        raise ValueError(f"offsets[-1] must equal the number of indices N={N}, got {int(offsets[-1])}")
-    if flags[2]:
-        pos_ = int((offsets[1:] < offsets[:-1]).nonzero()[0, 0]) + 1
-        raise ValueError(f"offsets must be non-decreasing, got offsets[{pos_ - 1}]={int(offsets[pos_ - 1])} > "
-                         f"offsets[{pos_}]={int(offsets[pos_])}")
+    raise_bad_offsets(offsets, N, flags)
     if N and flags[3]:
         p = int(bad.nonzero()[0, 0])
         f = int(feat[p])
-        value = int(indices[p])
-        n = layout.num_embeddings[f]
-        raise IndexError(f"feature {layout.names[f]!r}: index {value} is out of range for num_embeddings={n}: "
-                         f"indices must lie in [0, {n})")
+        raise out_of_range_error(layout.names[f], int(indices[p]), layout.num_embeddings[f])

@@ -5,7 +5,7 @@ weights, sparse gradients, ``max_norm``), so ``"auto"`` can always fall back to 
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 
@@ -21,6 +21,7 @@ class TorchBackend(Backend):
 
     name = "torch"
     priority = 0
+    extras = frozenset({"sparse", "max_norm", "norm_type", "scale_grad_by_freq"})
 
     def unsupported_reason(self, options: BagOptions) -> Optional[str]:
         if options.per_sample_weights and options.mode != "sum":
@@ -29,26 +30,8 @@ class TorchBackend(Backend):
             return f"tables must be floating point, got {options.dtype}"
         return None
 
-    def embedding_bag(
-        self,
-        codes: torch.Tensor,
-        offsets: torch.Tensor,
-        weights: Sequence[torch.Tensor],
-        operation: str,
-        mode: str,
-        compose: str,
-        per_sample_weights: Optional[torch.Tensor] = None,
-        *,
-        sparse: bool = False,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-    ) -> torch.Tensor:
-        return _F.embedding_bag_codes(
-            codes, offsets, weights, operation, mode, compose, per_sample_weights,
-            sparse=sparse, max_norm=max_norm, norm_type=norm_type,
-            scale_grad_by_freq=scale_grad_by_freq,
-        )
+    def kernel(self) -> Callable[..., torch.Tensor]:
+        return _F.embedding_bag_codes
 
 
 BACKEND = TorchBackend()

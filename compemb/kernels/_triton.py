@@ -21,9 +21,10 @@ is imported), which is how the tests run them.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -347,21 +348,8 @@ class TritonBackend(Backend):
             return f"per_sample_weights with mode={mode!r}"
         return None
 
-    def embedding_bag(
-        self,
-        codes: torch.Tensor,
-        offsets: torch.Tensor,
-        weights: Sequence[torch.Tensor],
-        operation: str,
-        mode: str,
-        compose: str,
-        per_sample_weights: Optional[torch.Tensor] = None,
-        **extras: Any,
-    ) -> torch.Tensor:
-        if extras:
-            raise ValueError(f"triton backend does not take {sorted(extras)}")
-        return triton_embedding_bag(codes, offsets, weights, operation, mode, compose,
-                                    per_sample_weights, deterministic=self.deterministic)
+    def kernel(self) -> Callable[..., torch.Tensor]:
+        return functools.partial(triton_embedding_bag, deterministic=self.deterministic)
 
 
 BACKEND = TritonBackend()

@@ -13,6 +13,7 @@ __all__ = ["fwd_kernel", "bwd_kernel"]
 
 @triton.jit
 def _pick(t: tl.constexpr, p0, p1, p2, p3):
+    """Argument ``t`` of the four (a table's pointer, width or first column)."""
     if t == 0:
         return p0
     elif t == 1:
@@ -21,18 +22,6 @@ def _pick(t: tl.constexpr, p0, p1, p2, p3):
         return p2
     else:
         return p3
-
-
-@triton.jit
-def _pick_int(t: tl.constexpr, a0, a1, a2, a3):
-    if t == 0:
-        return a0
-    elif t == 1:
-        return a1
-    elif t == 2:
-        return a2
-    else:
-        return a3
 
 
 @triton.jit
@@ -53,13 +42,25 @@ def _flush_rows(g, acc, d_t, cols, cmask, R: tl.constexpr):
 
 
 @triton.jit
-def _bag_span(offsets_ptr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """This program's bag ``b``, its start and length, its output columns and the tile's rows."""
+def _bag_span(offsets_ptr, MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's bag ``b``, its start and length, its output columns, the tile's rows and the
+    pooling scale (``1 / length`` for ``mean``)."""
     b = tl.program_id(0)
     start = tl.load(offsets_ptr + b)
     length = tl.load(offsets_ptr + b + 1) - start
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    return b, start, length, cols, tl.arange(0, BLOCK_N)
+    if MODE == 1:
+        scale = 1.0 / tl.maximum(length, 1).to(tl.float32)
+    else:
+        scale = 1.0
+    return b, start, length, cols, tl.arange(0, BLOCK_N), scale
+
+
+@triton.jit
+def _tile(start, n0, rows, length):
+    """The positions of the bag's indices ``n0 ..`` in this tile, and which of them exist."""
+    n = start + n0 + rows
+    return n, (n0 + rows) < length
 
 
 @triton.jit
@@ -108,11 +109,7 @@ def fwd_kernel(
     HAS_PSW: tl.constexpr, SAVE_POOLED: tl.constexpr,
     MAX_BAG: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    b, start, length, cols, rows = _bag_span(offsets_ptr, BLOCK_N, BLOCK_D)
-    if MODE == 1:
-        scale = 1.0 / tl.maximum(length, 1).to(tl.float32)
-    else:
-        scale = 1.0
+    b, start, length, cols, rows, scale = _bag_span(offsets_ptr, MODE, BLOCK_N, BLOCK_D)
 
     if AFTER_POOL or OP == 2:
         # pool every table on its own, then combine the pooled vectors
@@ -122,13 +119,12 @@ def fwd_kernel(
             res = tl.zeros([BLOCK_D], tl.float32)
         for t in tl.static_range(K):
             w = _pick(t, w0, w1, w2, w3)
-            d_t = _pick_int(t, d0, d1, d2, d3)
-            col_t = _pick_int(t, c0, c1, c2, c3)
+            d_t = _pick(t, d0, d1, d2, d3)
+            col_t = _pick(t, c0, c1, c2, c3)
             cmask = cols < d_t
             acc, am = _pool_init(MODE, BLOCK_D)
             for n0 in range(0, MAX_BAG, BLOCK_N):
-                n = start + n0 + rows
-                nmask = (n0 + rows) < length
+                n, nmask = _tile(start, n0, rows, length)
                 code = tl.load(codes_ptr + t * N + n, mask=nmask, other=0)
                 m2 = nmask[:, None] & cmask[None, :]
                 x = tl.load(w + code[:, None] * d_t + cols[None, :], mask=m2, other=0.0).to(tl.float32)
@@ -155,8 +151,7 @@ def fwd_kernel(
         dmask = cols < D_OUT
         acc, am = _pool_init(MODE, BLOCK_D)
         for n0 in range(0, MAX_BAG, BLOCK_N):
-            n = start + n0 + rows
-            nmask = (n0 + rows) < length
+            n, nmask = _tile(start, n0, rows, length)
             m2 = nmask[:, None] & dmask[None, :]
             if OP == 1:
                 v = tl.full([BLOCK_N, BLOCK_D], 1.0, tl.float32)
@@ -193,8 +188,7 @@ def _argmax_of(argmax_ptr, cols, cmask, MODE: tl.constexpr):
 def _grad_tile(psw_ptr, gp, start, n0, rows, length, cmask, am, MODE: tl.constexpr, HAS_PSW: tl.constexpr,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """Indices ``n0 ..`` of the bag: their positions, masks and upstream gradient rows ``gx``."""
-    n = start + n0 + rows
-    nmask = (n0 + rows) < length
+    n, nmask = _tile(start, n0, rows, length)
     m2 = nmask[:, None] & cmask[None, :]
     if MODE == 2:
         m2 = m2 & (n[:, None] == am[None, :])
@@ -237,17 +231,13 @@ def bwd_kernel(
     # otherwise g_t is the (rows_t, d_t) fp32 gradient of table t, accumulated with atomics.
     # SMALL: bit t set when table t has at most R rows: its gradient is summed over the bag in
     # registers and written with one atomic per (row, column), not one per index.
-    b, start, length, cols, rows = _bag_span(offsets_ptr, BLOCK_N, BLOCK_D)
-    if MODE == 1:
-        scale = 1.0 / tl.maximum(length, 1).to(tl.float32)
-    else:
-        scale = 1.0
+    b, start, length, cols, rows, scale = _bag_span(offsets_ptr, MODE, BLOCK_N, BLOCK_D)
 
     if AFTER_POOL or OP == 2:
         for t in tl.static_range(K):
             g = _pick(t, g0, g1, g2, g3)
-            d_t = _pick_int(t, d0, d1, d2, d3)
-            col_t = _pick_int(t, c0, c1, c2, c3)
+            d_t = _pick(t, d0, d1, d2, d3)
+            col_t = _pick(t, c0, c1, c2, c3)
             cmask = cols < d_t
             if OP == 2:
                 gp = tl.load(gout_ptr + b * D_OUT + col_t + cols, mask=cmask, other=0.0).to(tl.float32)

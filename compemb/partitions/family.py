@@ -208,6 +208,14 @@ class PartitionFamily(Sequence):
             exact = len(proof.rows) == self.k
         else:
             x, ok = self._decode_crt(c, proof)
+        return self._checked_decode(c, scalar, x, ok, exact)
+
+    def _checked_decode(self, c: Any, scalar: bool, x: Any, ok: Any = None, exact: bool = False) -> Union[AnyIntArray, int]:
+        """``x``, the indices decoded from codes ``c`` (an int for one code tuple), once each is their preimage.
+
+        ``ok`` marks the columns the decoder found valid (default all); unless ``exact``, ``x`` is
+        encoded again and must give ``c``. Raises ``ValueError`` naming the first code of no index.
+        """
         if ok is None:
             ok = ones_bool(x)
         if not exact:
@@ -225,6 +233,7 @@ class PartitionFamily(Sequence):
         return int(x[0]) if scalar else x
 
     def _prepare_codes(self, codes: Union[AnyIntArray, Sequence[int]]) -> Tuple[Any, bool]:
+        """``codes`` as an int64 ``(k, *)`` array, every row in its table's range; and whether it was one tuple."""
         scalar = False
         c: Any
         if isinstance(codes, torch.Tensor):

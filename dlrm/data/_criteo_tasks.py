@@ -266,11 +266,15 @@ def _process_identity(pid: int) -> Optional[str]:
         return "alive"
 
 
-def _watch_driver(driver: int) -> None:
+def watch_driver(driver: int) -> None:
     """Exit when the build's driver process is gone (e.g. ``kill -9``), so that no orphan keeps
     working on a cache a rerun is resuming. (A forkserver worker's parent is the forkserver, which
-    lives as long as any of its workers, so the driver itself is watched.)"""
+    lives as long as any of its workers, so the driver itself is watched.) A worker that starts
+    after the driver is gone exits at once: it would otherwise wait for tasks forever, and keep
+    the forkserver and the driver's output pipes open with it."""
     identity = _process_identity(driver)
+    if identity is None:
+        os._exit(1)
 
     def loop() -> None:
         while _process_identity(driver) == identity:
@@ -296,7 +300,7 @@ class Runner:
                 ctx.set_forkserver_preload([__name__, "pandas"])  # imported once, before the workers fork
             else:  # pragma: no cover - Windows
                 ctx = multiprocessing.get_context("spawn")
-            self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_watch_driver, initargs=(os.getpid(),))
+            self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=watch_driver, initargs=(os.getpid(),))
 
     def run(self, fn: Callable[[dict], dict], tasks: Iterable[Tuple[int, dict]],
             limit: Optional[int] = None) -> Iterator[Tuple[int, dict]]:
