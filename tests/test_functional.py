@@ -275,6 +275,18 @@ def test_normalize_two_d_and_include_last_offset():
     assert offs.tolist() == [0, 2, 3] and flat.tolist() == [1, 2, 3] and torch.equal(psw, w[:3])
 
 
+def test_module_bag_input_takes_the_module_options_and_dtype():
+    bag = torch.nn.EmbeddingBag(6, 3, mode="sum", include_last_offset=True)
+    x, offsets = torch.tensor([1, 2, 3, 4, 5]), torch.tensor([0, 2, 3])
+    w = torch.rand(5)
+    flat, offs, psw = CF.module_bag_input(bag, x, offsets, w)
+    assert flat.tolist() == [1, 2, 3] and offs.tolist() == [0, 2, 3] and torch.equal(psw, w[:3])
+    with pytest.raises(IndexError, match="EmbeddingBag"):  # num_embeddings and the class name
+        CF.module_bag_input(bag, torch.tensor([6]), torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="float64"):  # the weights' dtype, as nn.EmbeddingBag requires
+        CF.module_bag_input(bag, x, offsets, w.double())
+
+
 @pytest.mark.parametrize(
     "kwargs, error, words",
     [
