@@ -46,11 +46,12 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from compemb.plan import CRITEO_KAGGLE_CARDINALITIES
+
 ROOT = Path(__file__).resolve().parents[1]
 
 KAGGLE_LINES = 45_840_617
-KAGGLE = (1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
-          5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572)
+KAGGLE = CRITEO_KAGGLE_CARDINALITIES
 TERABYTE_LINES = 4_373_472_329
 # Criteo 1TB without a frequency threshold, C1..C26 (NVIDIA DeepLearningExamples DLRM, "criteo_t0")
 TERABYTE = (227605432, 39061, 17296, 7425, 20266, 4, 7123, 1544, 64, 130229467, 3067956, 405283, 11, 2209,

@@ -50,12 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from compemb.collection import CompositionalEmbeddingBagCollection  # noqa: E402
 from compemb.kernels import get_collection_backend  # noqa: E402
 from compemb.modules import QREmbeddingBag  # noqa: E402
-
-# Criteo Kaggle cardinalities after DLRM-style preprocessing (DESIGN.md).
-CRITEO_KAGGLE = (
-    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
-    5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
-)
+from _common import criteo_kaggle_scaled, markdown_rule, print_table_header  # noqa: E402
 
 
 class FullTables(nn.Module):
@@ -238,7 +233,7 @@ def run(args) -> Dict[str, Dict[str, float]]:
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cards = [max(1, -(-n // args.scale)) for n in CRITEO_KAGGLE]
+    cards = criteo_kaggle_scaled(args.scale)
     fbgemm_reason = get_collection_backend("fbgemm").unavailable_reason()
     cases = [c for c in CASES if (not args.cases or c.name in args.cases)
              and not (c.name.startswith("f:") and fbgemm_reason is not None)]
@@ -283,9 +278,7 @@ def run(args) -> Dict[str, Dict[str, float]]:
 def print_table(results, params, names) -> None:
     base_a, base_b = "a:full", "b:qr-2bag"
     header = f"{'bags':<11} {'case':<20} {'samples/s':>11} {'vs (a)':>7} {'vs (b)':>7} {'params':>13}"
-    print()
-    print(header)
-    print("-" * len(header))
+    print_table_header("", header)
     for bags, row in results.items():
         for name in names:
             sps = row[name]
@@ -322,8 +315,9 @@ def print_summary(results: Dict[str, Dict[str, float]]) -> None:
     header = ["summary: samples/s ratio (> 1: the first is faster)"] + list(results)
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     print()
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |"
+    print(line)
+    print(markdown_rule(line))
     for r in rows:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
 

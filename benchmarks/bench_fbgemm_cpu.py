@@ -32,8 +32,9 @@ warnings.filterwarnings("ignore")
 
 from compemb.collection import CompositionalEmbeddingBagCollection  # noqa: E402
 
-CRITEO = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27,
-          14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
+from compemb.plan import CRITEO_KAGGLE_CARDINALITIES  # noqa: E402
+
+CRITEO = list(CRITEO_KAGGLE_CARDINALITIES)
 
 
 def specs(sizes, d, method):

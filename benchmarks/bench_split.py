@@ -34,12 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from compemb.collection import CompositionalEmbeddingBagCollection  # noqa: E402
 from compemb.kernels import get_collection_backend  # noqa: E402
-from _common import print_table_header  # noqa: E402
-
-CRITEO_KAGGLE = (
-    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
-    5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
-)
+from _common import criteo_kaggle_scaled, print_table_header  # noqa: E402
 
 
 def specs(cards: Sequence[int], dim: int, m: int, threshold: int) -> List[tuple]:
@@ -113,7 +108,7 @@ def batches(cards: Sequence[int], B: int, L: int, count: int, gen: torch.Generat
 
 def run(args: argparse.Namespace) -> Dict[tuple, Dict[str, float]]:
     torch.set_num_threads(args.threads)
-    cards = [max(1, -(-n // args.scale)) for n in CRITEO_KAGGLE]
+    cards = criteo_kaggle_scaled(args.scale)
     reason = get_collection_backend("fbgemm").unavailable_reason()
     if reason is not None:
         print(f"bench_split: skipped, fbgemm unavailable: {reason}")

@@ -2,8 +2,9 @@
 
 Every lookup the benchmark times is a function here (full tables, the reference DLRM QR module,
 compemb QR on torch, per-table Triton, the table-batched Triton kernel), so the correctness checks
-and the timings run the same code; the checks that ``tests/test_gpu.py`` also runs (the int64
-index path of the table-batched kernel, the number of device syncs of a lookup) are here too. Only
+and the timings run the same code; the checks that ``tests/test_gpu.py`` also runs (per-table and
+table-batched kernels against the torch reference, the int64 index path of the table-batched
+kernel, the number of device syncs of a lookup) are here too. Only
 public names of compemb are used; the Triton entry points import triton on first use (set
 ``TRITON_INTERPRET`` before that). FBGEMM is left out: its CUDA build cannot be installed on the
 GPU machine (no network, and the CPU build it has serves CPU tensors only).
@@ -17,10 +18,10 @@ import torch.nn.functional as F
 
 from compemb import kernels, partitions
 from compemb.functional import embedding_bag_codes
+from compemb.plan import CRITEO_KAGGLE_CARDINALITIES
 
 # Criteo Kaggle cardinalities after DLRM preprocessing (DESIGN.md)
-CRITEO = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27,
-          14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
+CRITEO = list(CRITEO_KAGGLE_CARDINALITIES)
 COLLISIONS = 4
 
 # -- the workloads ------------------------------------------------------------------------------
@@ -154,6 +155,40 @@ def fwd_bwd(run, *args):
 
 
 # -- checks shared with tests/test_gpu.py ----------------------------------------------------------
+#: tolerances of the checks: forward, and gradients / SGD steps (atomics reorder the sums)
+FWD_TOL, BWD_TOL = 1e-5, 1e-4
+
+
+def per_table_errors(w, qr, compose, gen=None):
+    """Per-table Triton against compemb's torch reference on ``w`` and the ``make_qr`` tables
+    ``qr``: ``(forward max rel err, gradient max rel err)`` under a random upstream gradient."""
+    got, want = run_compemb_triton(w, qr, compose), run_compemb_torch(w, qr, compose)
+    params = [p for pair in qr for p in pair]
+    g = [torch.randn(o.shape, device=o.device, generator=gen) for o in want]
+    gg = torch.autograd.grad(got, params, g)
+    gw = torch.autograd.grad(want, params, g)
+    return max(rel_err(a, b) for a, b in zip(got, want)), max(rel_err(a, b) for a, b in zip(gg, gw))
+
+
+def tbe_errors(w, qr, tbe, gen=None):
+    """The table-batched kernel ``tbe`` (built on ``qr``) against the per-feature reference on ``w``:
+    ``{"forward": rel err, label: (dense gradient rel err, fused SGD step rel err, scratch left zero)}``
+    for the pre-reduced (``"pre-reduced"``) and the per-index-atomic (``"per-index atomics"``) backward."""
+    kjt = tbe.kjt(w)
+    want = torch.cat(run_compemb_torch(w, qr), dim=1)
+    errs = {"forward": rel_err(tbe.forward(kjt, validate=True), want)}
+    g = torch.randn(want.shape, device=want.device, generator=gen)
+    params = [t for tq, tr in qr for t in (tr, tq)]  # the flat buffer's order
+    gw = torch.cat([x.reshape(-1) for x in torch.autograd.grad(want, params, g)])
+    for label, knobs in (("pre-reduced", {}), ("per-index atomics", NO_PRE_REDUCE)):
+        (gg,) = torch.autograd.grad(tbe.forward(kjt, **knobs), tbe.weight, g)
+        tbe.sgd_weight = tbe.weight.detach().clone()
+        tbe.forward_sgd(kjt, **knobs).backward(g)
+        step = tbe.sgd_weight - tbe.weight.detach()
+        errs[label] = (rel_err(gg, gw), rel_err(step, -tbe.lr * gw), bool((tbe.scratch == 0).all()))
+    return errs
+
+
 def int64_index_check(device, d=8, B=64, L=3, gen=None):
     """The table-batched kernel on a feature with n > 2**31 (int64 index arithmetic) against the
     reference, forward and dense gradient: ``(forward rel err, gradient rel err, layout.idx32)``."""

@@ -34,11 +34,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from compemb.collection import CompositionalEmbeddingBagCollection  # noqa: E402
+from _common import criteo_kaggle_scaled, markdown_rule  # noqa: E402
 
-CRITEO_KAGGLE = (
-    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
-    5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
-)
 PHASES = ["pack", "check+encode", "TBE fwd", "compose fwd", "loss", "compose bwd", "small SGD", "TBE bwd+SGD",
           "other", "total"]
 TIMES: Dict[str, float] = collections.defaultdict(float)
@@ -83,7 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    cards = [max(1, -(-n // 4)) for n in CRITEO_KAGGLE]
+    cards = criteo_kaggle_scaled(4)
     qcards = [-(-n // 4) if n > 200 else n for n in cards]
     d, B = 16, args.batch
 
@@ -128,7 +125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     best[name] = row  # the least disturbed round, whole
         header = f"| {bags:<8} | " + " | ".join(f"{p:>11}" for p in PHASES) + " |"
         print(header)
-        print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+        print(markdown_rule(header))
         for name, row in best.items():
             print(f"| {name:<8} | " + " | ".join(f"{row.get(p, 0.0) * 1e3:11.3f}" for p in PHASES) + " |")
     return 0

@@ -18,12 +18,10 @@ from torch import Tensor, nn
 
 from compemb._bag_module import EmbeddingBagModule, check_size_or_collisions
 from compemb.functional import check_float_tables, check_int, check_per_sample_weights_dtype, check_table_size, pool_rows
+from compemb.options import HASH_FUNCTIONS, check_choice
 from compemb.partitions import HashPartition, Partition, RemainderPartition
 
 __all__ = ["HashEmbeddingBag", "MixedDimEmbeddingBag", "md_dims"]
-
-_HASHES = ("remainder", "universal")
-
 
 class HashEmbeddingBag(EmbeddingBagModule):
     r"""The hashing trick: ``n`` categories share ``num_buckets`` rows of one table.
@@ -86,8 +84,7 @@ class HashEmbeddingBag(EmbeddingBagModule):
                 f"{name}: num_buckets={num_buckets} exceeds num_embeddings={num_embeddings}; "
                 "a hashed table must not have more rows than categories"
             )
-        if hash not in _HASHES:
-            raise ValueError(f"{name}: hash must be one of {_HASHES}, got {hash!r}")
+        check_choice("hash", hash, HASH_FUNCTIONS, name)
         self.num_buckets = num_buckets
         self.hash = hash
         self.seed = seed = check_int("seed", seed, None, name)

@@ -314,10 +314,9 @@ class CompositionalEmbeddingBagCollection(nn.Module):
 
             if concat:
                 raise ValueError("keyed_tensor=True already concatenates the features: drop concat=True")
-            out_all = self.forward(features, validate=validate)
-            parts = list(out_all.values()) if isinstance(out_all, dict) else list(out_all)
+            # the concatenated columns are in config order (a keyed input is read in config order)
             return KeyedTensor(keys=self.feature_names, length_per_key=[s.embedding_dim for s in self.specs],
-                               values=torch.cat(parts, dim=1))
+                               values=self.forward(features, concat=True, validate=validate))
         raw, keyed = self._bags(features)
         bags: LookupInput = raw if self._backend.raw_input else self._encode(raw)
         out = self._backend.lookup(self, bags, concat, self.validate if validate is None else validate)

@@ -48,7 +48,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from compemb.functional import check_int, check_num_embeddings
-from compemb.options import METHODS, check_choice, check_operation
+from compemb.options import COMPRESSED_METHODS, check_choice, check_concat_width, check_operation
 from compemb.partitions import chinese_remainder, generalized_qr, split_dim
 
 if TYPE_CHECKING:
@@ -61,10 +61,8 @@ __all__ = [
     "size_for_ratio",
     "size_for_config",
     "check_ratio",
+    "path_params_per_class",
 ]
-
-#: every method with a size parameter (all but ``"full"``)
-COMPRESSED_METHODS: Tuple[str, ...] = tuple(m for m in METHODS if m != "full")
 
 
 class CompressionUnreachableError(ValueError):
@@ -234,7 +232,9 @@ def _product_search(method: str, n: int, d: int, k: int, operation: str,
     return tuple(factors), params(tuple(factors)), False
 
 
-def _path_per_class(dim: int, hidden_dims: Sequence[int]) -> int:
+def path_params_per_class(dim: int, hidden_dims: Sequence[int]) -> int:
+    """The parameters of one per-class map of ``path`` (a ``dim -> dim`` linear map, or an MLP with
+    ``hidden_dims`` and biases), as :class:`compemb.path.PathEmbeddingBag` holds them."""
     dims = (dim,) + tuple(hidden_dims) + (dim,)
     return sum(a * b for a, b in zip(dims[:-1], dims[1:])) + (sum(dims[1:]) if hidden_dims else 0)
 
@@ -273,7 +273,7 @@ def _sizer(method: str, n: int, d: int, operation: str, k: int, hidden_dims: Seq
         w = split_dim(d, 2) if concat else [d, d]
         return _two_table("num_collisions", n, w[1], w[0], "num_collisions")
     if method == "path":
-        return _two_table("num_collisions", n, _path_per_class(d, hidden_dims), d, "num_collisions")
+        return _two_table("num_collisions", n, path_params_per_class(d, hidden_dims), d, "num_collisions")
     if method == "md":
         return _Sizer("md_dim", 1, d - 1, True, lambda w: n * w + d * w, lambda w: {"md_dim": w})
     if method == "tt":
@@ -348,10 +348,7 @@ def size_for_ratio(
     hidden = tuple(check_int(f"hidden_dims[{i}]", h, 1, where) for i, h in enumerate(hidden_dims))
     if method in ("gqr", "crt") and k < 2:
         raise ValueError(f"{where}: {method} needs k >= 2 partitions to compress, got k={k}")
-    tables = {"qr": 2, "cluster": 2, "freq": 3, "gqr": k, "crt": k}.get(method, 1)
-    if operation == "concat" and d < tables:
-        raise ValueError(f"{where}: operation='concat' splits embedding_dim={d} across {tables} tables of {method}; "
-                         f"it needs embedding_dim >= {tables}")
+    check_concat_width(method, operation, d, k, where)
     bound = Fraction(n * d) / Fraction(target)
 
     def fits(params: int) -> bool:

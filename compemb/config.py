@@ -23,12 +23,15 @@ from torch import nn
 
 from compemb.functional import check_int, check_num_embeddings
 from compemb.options import (
+    COLLISION_METHODS,
     METHODS,
     check_backend,
+    check_concat_width,
     check_compose,
     check_method,
     check_mode,
     check_operation,
+    num_tables,
 )
 
 __all__ = [
@@ -62,16 +65,17 @@ class EmbeddingBagConfig:
             ``num_hot`` most frequent categories get rows of their own, the rest QR; needs the
             training split's counts: ``build_embedding_bag(config, counts=...)``) or ``"cluster"``
             (QR over learned clusters, :class:`~compemb.data_aware.DataAwareEmbeddingBag`).
-        operation: ``"mult"``, ``"add"`` or ``"concat"``, for qr / gqr / crt / freq / cluster.
+        operation: ``"mult"``, ``"add"`` or ``"concat"``, for qr / gqr / crt / freq / cluster
+            (:data:`compemb.options.OPERATION_METHODS`).
         num_collisions: categories per class of the remainder (qr, path, freq's base), per
             bucket (hash), per cluster (cluster), per parameter (robe: ``ceil(n D / m)`` numbers).
         k: number of partitions for gqr / crt.
         hidden_dims: path only; ``()`` = one linear map per class, else the MLP's hidden sizes.
         md_dim: md only; this table's own width (``None``: ``embedding_dim``, no projection).
         mode: ``"sum"``, ``"mean"`` or ``"max"``.
-        compose: ``"before_pool"`` or ``"after_pool"``, for qr / gqr / crt.
-        backend: kernel backend for qr / gqr / crt (``"torch"``, ``"triton"``, ``"fbgemm"``,
-            ``"auto"``); the other methods use ``torch.nn.functional`` and ignore it.
+        compose: ``"before_pool"`` or ``"after_pool"``, for qr / gqr / crt / freq / cluster.
+        backend: kernel backend for qr / gqr / crt / freq / cluster (``"torch"``, ``"triton"``,
+            ``"fbgemm"``, ``"auto"``); the other methods use ``torch.nn.functional`` and ignore it.
         tt_rank: tt only; the inner TT ranks.
         num_hot: freq only; rows of their own for the most frequent categories.
         compression: ``None``, or ``R > 1``: the method's own size parameter (collisions,
@@ -133,24 +137,13 @@ class EmbeddingBagConfig:
             object.__setattr__(self, "compression", check_ratio(self.compression, where))
         elif self.method == "freq" and self.num_hot is None:
             raise ValueError(f"{where}: method='freq' needs num_hot (or a compression ratio to choose it)")
-        if (self.operation == "concat" and self.method in ("qr", "gqr", "crt", "freq", "cluster")
-                and self.embedding_dim < self.k_effective):
-            raise ValueError(
-                f"{where}: operation='concat' splits embedding_dim={self.embedding_dim} across "
-                f"{self.k_effective} tables; it needs embedding_dim >= {self.k_effective}"
-            )
+        check_concat_width(self.method, self.operation, self.embedding_dim, self.k, where)
 
     @property
     def k_effective(self) -> int:
         """The number of component tables the method uses (2 for qr, path and cluster, 3 for freq,
-        ``k`` for gqr/crt)."""
-        if self.method in ("gqr", "crt"):
-            return self.k
-        if self.method in ("qr", "path", "cluster"):
-            return 2
-        if self.method == "freq":
-            return 3
-        return 1
+        ``k`` for gqr/crt; :func:`compemb.options.num_tables`)."""
+        return num_tables(self.method, self.k)
 
 
 def _full_embedding_bag(config: EmbeddingBagConfig, sparse, include_last_offset, device, dtype) -> nn.EmbeddingBag:
@@ -219,15 +212,30 @@ def _compressed_embedding_bag(config: EmbeddingBagConfig, sparse, include_last_o
     return CompositionalEmbeddingBag(n, d, family=family, **composed)
 
 
-def _cannot_compress_reason(config: EmbeddingBagConfig, sizes: Dict[str, Any]) -> Optional[str]:
-    """Why a compressed method is pointless for this table, known before building it, or None."""
-    n, m = config.num_embeddings, sizes.get("num_collisions", config.num_collisions)
-    if config.method in ("qr", "path", "hash", "freq", "cluster") and m >= n:
+def cannot_compress_reason(method: str, num_embeddings: int, num_collisions: int,
+                           num_hot: Optional[int] = None) -> Optional[str]:
+    """Why ``method`` is pointless for a table of ``num_embeddings`` categories, known before
+    building it, or ``None``: ``num_collisions >= n`` for the :data:`~compemb.options.COLLISION_METHODS`
+    (one class for everything), ``num_hot >= n`` for ``freq`` (every category a row of its own).
+
+    Example::
+
+        >>> cannot_compress_reason("qr", 3, 4)
+        'num_collisions=4 >= num_embeddings=3 puts every category in one class'
+    """
+    n, m = num_embeddings, num_collisions
+    if method in COLLISION_METHODS and m >= n:
         return f"num_collisions={m} >= num_embeddings={n} puts every category in one class"
-    hot = sizes.get("num_hot", config.num_hot)
-    if config.method == "freq" and hot is not None and hot >= n:
-        return f"num_hot={hot} >= num_embeddings={n} gives every category a row of its own"
+    if method == "freq" and num_hot is not None and num_hot >= n:
+        return f"num_hot={num_hot} >= num_embeddings={n} gives every category a row of its own"
     return None
+
+
+def _cannot_compress_reason(config: EmbeddingBagConfig, sizes: Dict[str, Any]) -> Optional[str]:
+    """:func:`cannot_compress_reason` for a table spec and the sizes chosen for its compression."""
+    return cannot_compress_reason(config.method, config.num_embeddings,
+                                  sizes.get("num_collisions", config.num_collisions),
+                                  sizes.get("num_hot", config.num_hot))
 
 
 def build_embedding_bag(
@@ -262,12 +270,14 @@ def build_embedding_bag(
 
     **Tables that cannot be compressed.** When the compressed module would hold at least as
     many parameters as the full ``n x embedding_dim`` table (tiny ``n``, large per-class MLPs,
-    ``md`` at full width ...), or when ``num_collisions >= n`` for qr, path or hash (one class
-    for everything), a full table is built instead (``fallback=True``, the default) or a
-    ``ValueError`` naming the table is raised (``fallback=False``). Which tables deserve
-    compression in a model (DLRM's size threshold) is decided by the caller, not here. Every
-    built module records the decision in attributes: ``requested_method`` (``config.method``),
-    ``built_method`` (what was built), ``fallback_reason`` (``None`` or why) and ``config``.
+    ``md`` at full width ...), when ``num_collisions >= n`` for qr, path, hash, freq or cluster
+    (:data:`compemb.options.COLLISION_METHODS`: one class for everything), or when
+    ``num_hot >= n`` for freq (every category a row of its own), a full table is built instead
+    (``fallback=True``, the default) or a ``ValueError`` naming the table is raised
+    (``fallback=False``). Which tables deserve compression in a model (DLRM's size threshold)
+    is decided by the caller, not here. Every built module records the decision in attributes:
+    ``requested_method`` (``config.method``), ``built_method`` (what was built),
+    ``fallback_reason`` (``None`` or why) and ``config``.
 
     Args:
         config: the table spec.

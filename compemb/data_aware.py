@@ -120,6 +120,7 @@ def _plus_plus(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     tries = 2 + int(math.log(k))
     first = int(torch.randint(n, (1,), generator=gen))
     centroids = [x[first]]
+    sq_norms = (x * x).sum(1).unsqueeze(0)  # (1, n), the same at every step
     closest = ((x - x[first]) ** 2).sum(1)
     for _ in range(1, k):
         total = float(closest.sum())
@@ -131,7 +132,7 @@ def _plus_plus(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
         cum = torch.cumsum(closest.double().cpu(), 0)
         candidates = torch.searchsorted(cum, u).clamp_(max=n - 1).to(x.device)
         cand = x[candidates]
-        dist = ((x * x).sum(1).unsqueeze(0) - 2.0 * (cand @ x.T) + (cand * cand).sum(1, keepdim=True)).clamp_(min=0)
+        dist = (sq_norms - 2.0 * (cand @ x.T) + (cand * cand).sum(1, keepdim=True)).clamp_(min=0)
         potentials = torch.minimum(closest.unsqueeze(0), dist).sum(1)
         best = int(potentials.argmin())
         centroids.append(x[candidates[best]])
@@ -166,6 +167,14 @@ def _balanced_assign(x: torch.Tensor, c: torch.Tensor, capacity: int, chunk: int
         keep[accepted] = False
         pending = pending[keep]
     return assign
+
+
+def _move_centroids(centroids: torch.Tensor, points: torch.Tensor, labels: torch.Tensor) -> None:
+    """Move every centroid with members (in place) to the mean of its ``points`` (by ``labels``)."""
+    sums = torch.zeros_like(centroids).index_add_(0, labels, points)
+    counts = torch.bincount(labels, minlength=centroids.shape[0]).to(points.dtype)
+    filled = counts > 0
+    centroids[filled] = sums[filled] / counts[filled].unsqueeze(1)
 
 
 def balanced_kmeans(
@@ -246,15 +255,9 @@ def balanced_kmeans(
         if labels is not None and torch.equal(new, labels):
             break
         labels = new
-        sums = torch.zeros_like(centroids).index_add_(0, labels, sample)
-        counts = torch.bincount(labels, minlength=k).to(sample.dtype)
-        filled = counts > 0
-        centroids[filled] = sums[filled] / counts[filled].unsqueeze(1)
+        _move_centroids(centroids, sample, labels)
     assignment = _balanced_assign(work, centroids, m, chunk)
-    sums = torch.zeros_like(centroids).index_add_(0, assignment, work)
-    counts = torch.bincount(assignment, minlength=k).to(work.dtype)
-    filled = counts > 0
-    centroids[filled] = sums[filled] / counts[filled].unsqueeze(1)
+    _move_centroids(centroids, work, assignment)
     inertia = float(((work - centroids[assignment]) ** 2).sum())
     return KMeansResult(centroids.to(points.dtype), assignment, inertia)
 
@@ -416,10 +419,12 @@ class DataAwareEmbeddingBag(CompositionalEmbeddingBag):
         problem = super()._refusal(state_dict, prefix)
         if problem is not None:
             return problem
-        incoming = {name: state_dict.get(prefix + _BUFFER_PREFIX + name) for name in self.family.arrays()}
-        if all(isinstance(a, torch.Tensor) for a in incoming.values()):
+        names = self.family.arrays()
+        incoming = {name: state_dict.get(prefix + _BUFFER_PREFIX + name) for name in names}
+        arrays = {name: a for name, a in incoming.items() if isinstance(a, torch.Tensor)}
+        if len(arrays) == len(names):
             try:
-                self.family.with_arrays({k: v for k, v in incoming.items() if v is not None}, check=True)
+                self.family.with_arrays(arrays, check=True)
             except (KeyError, TypeError, ValueError) as error:
                 return (f"{self._where(prefix)}: the saved partition arrays do not define a "
                         f"{type(self.family).__name__}: {error}")

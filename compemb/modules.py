@@ -21,7 +21,7 @@ from torch import nn
 
 from compemb import functional as CF
 from compemb._bag_module import EmbeddingBagModule
-from compemb.kernels import Backend, BackendUnavailableError, resolve_backend
+from compemb.kernels import Backend, resolve_backend
 from compemb.options import check_backend, check_compose, check_mode, check_operation
 from compemb.partitions import (
     PartitionFamily, QuotientPartition, RemainderPartition, ResiduePartition, quotient_remainder, split_dim,
@@ -47,18 +47,11 @@ class _BackendBag(EmbeddingBagModule):
         cache = self.__dict__.setdefault("_backend_cache", {})
         backend = cache.get(key)
         if backend is None:
-            name = self.backend
-            if self.scale_grad_by_freq and name != "torch":
-                # scale_grad_by_freq is outside the kernel contract: only the reference has it.
-                if name != "auto":
-                    raise BackendUnavailableError(
-                        f"backend {name!r} cannot serve scale_grad_by_freq=True; use backend='torch'"
-                    )
-                name = "torch"
             options = CF.backend_options(
-                weights, self.operation, self.mode, self.compose, has_psw, self.sparse, self.max_norm
+                weights, self.operation, self.mode, self.compose, has_psw, self.sparse, self.max_norm,
+                self.scale_grad_by_freq,
             )
-            backend = resolve_backend(name, options)
+            backend = resolve_backend(self.backend, options)
             cache[key] = backend
         self.__dict__["_last_backend"] = backend.name
         return backend
@@ -217,7 +210,7 @@ class CompositionalEmbeddingBag(_BackendBag):
                 dims = tuple(split_dim(embedding_dim, k))
             else:
                 dims = tuple(CF.check_int(f"concat_dims[{i}]", d, 1, name) for i, d in enumerate(concat_dims))
-                if len(dims) != k or any(d < 1 for d in dims) or sum(dims) != embedding_dim:
+                if len(dims) != k or sum(dims) != embedding_dim:  # (check_int refused widths < 1)
                     raise ValueError(
                         f"concat_dims={list(concat_dims)} must be {k} positive widths adding up to "
                         f"embedding_dim={embedding_dim} (they add up to {sum(dims)})"

@@ -12,7 +12,7 @@ and the remainder picks one of ``m`` maps, as in the paper's path-based experime
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from compemb._bag_module import EmbeddingBagModule
 from compemb.functional import check_int, check_per_sample_weights_dtype, check_table_size, encode_validated, pool_rows
 from compemb.partitions import PartitionFamily, quotient_remainder
 
-__all__ = ["PathEmbeddingBag", "path_family"]
+__all__ = ["PathEmbeddingBag", "compose_path", "path_family"]
 
 # activation name -> (function, energy gain^2 of the activation on symmetric inputs of the size
 # an embedding has, ~sqrt(1/n)). ReLU keeps half the energy of a symmetric input; tanh is linear
@@ -139,6 +139,31 @@ class _ClassMaps(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, dims={self.dims}, bias={self.biases is not None}"
+
+
+def compose_path(rows: Tensor, classes: Union[Tensor, Sequence[Tensor]], maps: Iterable[nn.Module],
+                 activation: str = "relu", sparse: bool = False) -> Tensor:
+    """Apply the per-class functions of a path embedding to base-table rows.
+
+    ``rows`` (N, D) are the base table's rows of N indices; ``maps`` are the later partitions'
+    per-class functions in order (``PathEmbeddingBag.maps``, or copies of them) and
+    ``classes[j]`` (N,) the class of each index in partition ``j + 1``. Each layer of partition
+    ``j``'s function is applied as ``x @ W[c]`` (+ bias), with ``activation`` between layers.
+    ``sparse``: the maps' gradients are sparse tensors.
+    """
+    act = _ACTIVATIONS[activation][0]
+    x = rows
+    for j, module in enumerate(maps):  # loop over partitions and layers, never classes
+        class_maps = cast(_ClassMaps, module)
+        cls = classes[j]
+        last = len(class_maps.weights) - 1
+        for layer, weight in enumerate(class_maps.weights):
+            x = _apply_class_maps(x, weight, cls, sparse)
+            if class_maps.biases is not None:
+                x = x + _gather_rows(class_maps.biases[layer], cls, sparse)
+            if layer < last:
+                x = act(x)
+    return x
 
 
 class PathEmbeddingBag(EmbeddingBagModule):
@@ -280,17 +305,7 @@ class PathEmbeddingBag(EmbeddingBagModule):
 
     def _compose_codes(self, codes: Tensor) -> Tensor:
         x = F.embedding(codes[0], self.weight, sparse=self.sparse)
-        act = _ACTIVATIONS[self.activation][0]
-        for j, maps in enumerate(self._class_maps()):  # loop over partitions and layers, never classes
-            classes = codes[j + 1]
-            last = len(maps.weights) - 1
-            for layer, weight in enumerate(maps.weights):
-                x = _apply_class_maps(x, weight, classes, self.sparse)
-                if maps.biases is not None:
-                    x = x + _gather_rows(maps.biases[layer], classes, self.sparse)
-                if layer < last:
-                    x = act(x)
-        return x
+        return compose_path(x, codes[1:], self.maps, self.activation, self.sparse)
 
     def pooled(self, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor],
                bag_len: Optional[int]) -> Tensor:

@@ -1,10 +1,12 @@
 """``compemb plan``: table sizes, parameters and compression of a partition plan.
 
-For a list of embedding-table cardinalities, a dimension and a method (``full``, ``hash``, ``qr``,
-``gqr``, ``crt``, ``path``, ``md``), print one row per feature (rows, classes per partition,
+For a list of embedding-table cardinalities, a dimension and a method (any of
+:data:`compemb.options.METHODS`: ``full``, ``hash``, ``qr``, ``gqr``, ``crt``, ``path``, ``md``,
+``tt``, ``robe``, ``freq``, ``cluster``), print one row per feature (rows, classes per partition,
 parameters before and after) and the totals with the compression ratio. Only tables with more
-rows than ``--threshold`` are compressed (DLRM's ``--qr-threshold``); the others, and hash / qr /
-path tables with no more rows than ``--collisions``, stay full tables (as
+rows than ``--threshold`` are compressed (DLRM's ``--qr-threshold``); the others, the
+:data:`~compemb.options.COLLISION_METHODS` tables with no more rows than ``--collisions`` and
+``freq`` tables with no more rows than ``--num-hot`` stay full tables (as
 :func:`compemb.config.build_embedding_bag` does).
 
 Example::
@@ -21,8 +23,10 @@ import sys
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+from compemb.compression import path_params_per_class
+from compemb.config import cannot_compress_reason
 from compemb.functional import check_int, check_num_embeddings
-from compemb.options import METHODS, OPERATIONS, check_method
+from compemb.options import METHODS, OPERATIONS, check_concat_width, check_method, num_tables
 from compemb.partitions import HashPartition, PartitionFamily, family_for_method, naive
 from compemb.path import path_family
 
@@ -63,7 +67,9 @@ def plan_table(name: str, rows: int, dim: int, method: str, num_collisions: int 
     table's width, e.g. from :func:`compemb.baselines.md_dims`; default ``dim``), ``tt_rank`` for
     ``tt``, ``num_hot`` for ``freq`` (required there). ``tt``'s family is the digit family that
     indexes its cores, ``robe``'s the full table (its note gives the array size), ``cluster``'s
-    the quotient–remainder family it starts from.
+    the clustered family it is built with (the identity clusters, i.e. QR, before the first
+    re-clustering). The parameter counts are those of the module
+    :func:`compemb.config.build_embedding_bag` builds.
 
     Example::
 
@@ -80,6 +86,7 @@ def plan_table(name: str, rows: int, dim: int, method: str, num_collisions: int 
     threshold = check_int("threshold", threshold, 0, where)
     hidden_dims = [check_int(f"hidden_dims[{i}]", h, 1, where) for i, h in enumerate(hidden_dims)]
     md_dim = None if md_dim is None else check_int("md_dim", md_dim, 1, where)
+    check_concat_width(method, operation, dim, k, where)
     before = rows * dim
     note = ""
     applied = method
@@ -87,11 +94,10 @@ def plan_table(name: str, rows: int, dim: int, method: str, num_collisions: int 
         family, applied = naive(rows), "full"
     elif method == "freq" and num_hot is None:
         raise ValueError(f"{where}: method 'freq' needs num_hot")
-    elif method in ("hash", "qr", "path", "freq", "cluster") and num_collisions >= rows:
-        # one class for everything: nothing to gain (the modules fall back to a full table too)
-        family, applied, note = naive(rows), "full", f"collisions {num_collisions} >= rows"
-    elif method == "freq" and num_hot is not None and num_hot >= rows:
-        family, applied, note = naive(rows), "full", f"num_hot {num_hot} >= rows"
+    elif cannot_compress_reason(method, rows, num_collisions, num_hot) is not None:
+        # nothing to gain (build_embedding_bag falls back to a full table too)
+        family, applied = naive(rows), "full"
+        note = f"num_hot {num_hot} >= rows" if num_collisions < rows else f"collisions {num_collisions} >= rows"
     elif method == "hash":
         family = PartitionFamily([HashPartition(rows, -(-rows // num_collisions))])
     elif method == "tt":
@@ -111,14 +117,13 @@ def plan_table(name: str, rows: int, dim: int, method: str, num_collisions: int 
         family = frequency_aware(rows, num_hot, hot_ids=range(num_hot), num_collisions=num_collisions)
         note = f"{num_hot} hot"
     elif method == "cluster":
-        family = path_family(rows, num_collisions)  # [cluster, rank]: QR before the first re-clustering
+        from compemb.partitions import clustered
+
+        family = clustered(rows, num_collisions)  # [cluster, rank]: QR before the first re-clustering
     elif method == "path":
-        # the quotient indexes the base table, the remainder picks one map per class (weights
-        # in*out per layer, biases for an MLP)
+        # the quotient indexes the base table, the remainder picks one map per class
         family = path_family(rows, num_collisions)
-        dims = (dim,) + tuple(hidden_dims) + (dim,)
-        per_class = sum(a * b for a, b in zip(dims[:-1], dims[1:])) + (sum(dims[1:]) if hidden_dims else 0)
-        after = family.table_sizes[0] * dim + family.table_sizes[1] * per_class
+        after = family.table_sizes[0] * dim + family.table_sizes[1] * path_params_per_class(dim, hidden_dims)
         return TablePlan(name, rows, applied, family, before, after, note)
     elif method == "md":
         width = dim if md_dim is None else md_dim
@@ -175,12 +180,13 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dim", type=int, default=16, help="embedding dimension (default 16)")
     parser.add_argument("--method", choices=METHODS, default="qr", help="compression method (default qr)")
     parser.add_argument("--collisions", type=int, default=4,
-                        help="qr: remainder table size; hash: rows per bucket (default 4)")
+                        help="qr/path/freq: remainder table size; hash: ids per bucket; cluster: cluster "
+                             "capacity; robe: ids per parameter (default 4)")
     parser.add_argument("--k", type=int, default=2, help="gqr/crt: number of partitions (default 2)")
     parser.add_argument("--threshold", type=int, default=200,
                         help="compress only tables with more rows than this (default 200, as DLRM)")
     parser.add_argument("--operation", choices=OPERATIONS, default="mult",
-                        help="how the tables' rows combine (default mult)")
+                        help="qr/gqr/crt/freq/cluster: how the tables' rows combine (default mult)")
     parser.add_argument("--hidden-dims", default="", metavar="H1,H2,...",
                         help="path: hidden sizes of each per-class MLP (default none: linear maps)")
     parser.add_argument("--alpha", type=float, default=0.3,
@@ -213,10 +219,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         hidden.append(int(token))
     if not (args.alpha >= 0 and args.alpha != float("inf")):
         parser.error(f"--alpha must be a finite number >= 0, got {args.alpha}")
-    if args.operation == "concat" and args.method in ("qr", "gqr", "crt", "freq", "cluster"):
-        parts = {"qr": 2, "cluster": 2, "freq": 3}.get(args.method, args.k)
-        if args.dim < parts:
-            parser.error(f"--operation concat splits --dim {args.dim} among {parts} tables: need dim >= {parts}")
+    try:
+        check_concat_width(args.method, args.operation, args.dim, args.k)
+    except ValueError:
+        parts = num_tables(args.method, args.k)
+        parser.error(f"--operation concat splits --dim {args.dim} among {parts} tables: need dim >= {parts}")
     if args.criteo_kaggle:
         cards = list(CRITEO_KAGGLE_CARDINALITIES)
         source = "Criteo Kaggle (26 features)"

@@ -39,7 +39,7 @@ _KEY = "_extra_state"  # torch's name for a module's extra state in its state_di
 
 
 def _plain(value: Any) -> Any:
-    """``value`` with tuples as lists and integer-likes as ints, for comparison."""
+    """``value`` with tuples as lists and mapping keys as strings, for comparison (other values as they are)."""
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -38,6 +38,7 @@ __all__ = [
     "check_resumable",
     "save_checkpoint",
     "read_checkpoint",
+    "safe_load",
     "load_checkpoint",
 ]
 
@@ -114,23 +115,24 @@ def save_checkpoint(path: str, config: Mapping[str, Any], model: torch.nn.Module
                  "state": dict(state), "rng": rng_state()}, path)
 
 
-def read_checkpoint(path: str, device: torch.device | str = "cpu") -> Dict[str, Any]:
-    """The checkpoint at ``path``, read with the safe loader (tensors and plain data only;
-    tensors mapped to ``device``).
+def safe_load(path: str, device: torch.device | str = "cpu", way_out: str = _WAY_OUT) -> Any:
+    """What the file at ``path`` holds, read with ``torch.load(..., weights_only=True)`` (tensors and
+    plain data only; tensors mapped to ``device``).
 
     Raises:
-        CheckpointError: the file is empty, truncated or corrupt, not a compemb checkpoint, or holds
-            objects the safe loader refuses (the message names the first such object); nothing
-            in the file ran.
+        FileNotFoundError: there is no file at ``path``.
+        CheckpointError: the file is a directory, empty, truncated or corrupt, or holds
+            objects the safe loader refuses (the message names the first such object); nothing in
+            the file ran. Each message names ``path`` and ends in ``way_out``.
     """
     if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path} is a directory, not a file; {_WAY_OUT}")
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file; {way_out}")
     if os.path.getsize(path) == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); {_WAY_OUT}")
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); {way_out}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on the pickle protocol of a foreign file
-            ckpt = torch.load(path, map_location=device, weights_only=True)
+            return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "Weights only load failed" in text:
@@ -139,14 +141,26 @@ def read_checkpoint(path: str, device: torch.device | str = "cpu") -> Dict[str, 
             raise CheckpointError(
                 f"checkpoint {path} was refused and not loaded: it holds more than tensors and plain data "
                 f"({detail}), which loading would run as code; if you did not write it, remove it, else "
-                f"{_WAY_OUT}") from None
+                f"{way_out}") from None
         raise CheckpointError(f"checkpoint {path} is corrupt ({text.splitlines()[0] if text else type(exc).__name__}); "
-                              f"{_WAY_OUT}") from None
+                              f"{way_out}") from None
     except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError,
             AttributeError, IndexError, KeyError, TypeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
         reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({reason[:200]}); {_WAY_OUT}") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({reason[:200]}); {way_out}") from None
+
+
+def read_checkpoint(path: str, device: torch.device | str = "cpu") -> Dict[str, Any]:
+    """The checkpoint at ``path``, read with the safe loader (:func:`safe_load`: tensors and plain
+    data only; tensors mapped to ``device``).
+
+    Raises:
+        CheckpointError: the file is empty, truncated or corrupt, not a compemb checkpoint, or holds
+            objects the safe loader refuses (the message names the first such object); nothing
+            in the file ran.
+    """
+    ckpt = safe_load(path, device)
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         what = (f"keys {sorted(map(str, ckpt))}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}")
         raise CheckpointError(f"checkpoint {path} is not a compemb training checkpoint (it holds {what}, expected "

@@ -185,6 +185,7 @@ def config_from_args(args: argparse.Namespace, num_dense: Optional[int] = None) 
 
     ``num_dense`` (the data set's) is checked against ``--arch-mlp-bot``'s first entry.
     """
+    from dlrm.config import table_option_fields
     from dlrm.train import TrainConfig
 
     d = args.arch_sparse_feature_size
@@ -206,14 +207,10 @@ def config_from_args(args: argparse.Namespace, num_dense: Optional[int] = None) 
         md_temperature = args.md_temperature if method == "md" else None
     if args.threshold is not None:
         threshold = args.threshold
-    for flag, key in (("num_collisions", "num_collisions"), ("k", "k"), ("operation", "operation"),
-                      ("compose", "compose"), ("backend", "backend"), ("md_dim", "md_dim"), ("tt_rank", "tt_rank"),
-                      ("num_hot", "num_hot"), ("compression", "compression")):
-        value = getattr(args, flag)
+    for key in table_option_fields():  # a table option's flag is its name (--num-collisions, ...)
+        value = getattr(args, key, None)
         if value is not None:
-            options[key] = value
-    if args.hidden_dims is not None:
-        options["hidden_dims"] = tuple(args.hidden_dims)
+            options[key] = tuple(value) if key == "hidden_dims" else value
     if args.dlrm_compatible_qr and method != "qr":
         raise ValueError("--dlrm-compatible-qr needs --qr-flag or --embedding qr")
     if args.compression is not None and method == "full":
@@ -391,7 +388,18 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     Without ``--json`` everything goes to stdout; with it stdout carries only the one JSON line of
     the result and the rest goes to stderr. Exit status: 0 done, 2 a bad flag, input or output
     path (one ``compemb train: error: ...`` line), 1 a run that collapsed, 130 interrupted.
+
+    In a rank torchrun started it does not return: the process leaves with that status once the
+    result is printed (:func:`dlrm.launch.exit_elastic_worker`).
     """
+    from dlrm.launch import exit_elastic_worker
+
+    code = _train(argv)
+    exit_elastic_worker(code)
+    return code
+
+
+def _train(argv: Optional[Sequence[str]]) -> int:
     from compemb.kernels import BackendUnavailableError
     from dlrm import train as train_module
     from dlrm.data import load_dataset

@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_WARMUP_STEPS",
     "EMBEDDING_COLLECTIONS",
     "TEST_WITH",
+    "table_option_fields",
 ]
 
 #: ``TrainConfig.embedding_collection`` values (``None``: one module per table)
@@ -45,6 +46,19 @@ DEFAULT_LEARNING_RATES: Dict[str, float] = {
 DEFAULT_WARMUP_STEPS = 50
 #: ``TrainConfig.test_with``: the weights the test split is evaluated with
 TEST_WITH: Tuple[str, ...] = ("best", "final")
+
+#: the :class:`compemb.config.EmbeddingBagConfig` fields that name a table rather than set an option
+_TABLE_IDENTITY_FIELDS = ("name", "num_embeddings", "embedding_dim", "method")
+
+
+def table_option_fields() -> Tuple[str, ...]:
+    """The table options: every :class:`compemb.config.EmbeddingBagConfig` field but the table's
+    ``name``, ``num_embeddings``, ``embedding_dim`` and ``method`` (``operation``,
+    ``num_collisions``, ``k``, ``hidden_dims``, ...), in the dataclass's order; what
+    ``TrainConfig.embedding_options`` may hold."""
+    from compemb.config import EmbeddingBagConfig
+
+    return tuple(f.name for f in dataclasses.fields(EmbeddingBagConfig) if f.name not in _TABLE_IDENTITY_FIELDS)
 
 def _check_device_name(device: Any) -> torch.device:
     if isinstance(device, torch.device):
@@ -85,11 +99,10 @@ def _check_embedding_options(method: str, embedding_dim: int, options: Dict[str,
     large enough to be compressed (a bad value is a mistake either way)."""
     from compemb.config import EmbeddingBagConfig
 
-    fields = {f.name for f in dataclasses.fields(EmbeddingBagConfig)}
-    unknown = sorted(set(options) - (fields - {"name", "num_embeddings", "embedding_dim", "method"}))
+    fields = set(table_option_fields())
+    unknown = sorted(set(options) - fields)
     if unknown:
-        raise ValueError(f"embedding_options has unknown fields {unknown}; the table options are "
-                         f"{sorted(fields - {'name', 'num_embeddings', 'embedding_dim', 'method'})}")
+        raise ValueError(f"embedding_options has unknown fields {unknown}; the table options are {sorted(fields)}")
     try:
         EmbeddingBagConfig(name="embedding_options", num_embeddings=1, embedding_dim=embedding_dim,
                            method=method, **options)
@@ -112,10 +125,12 @@ class TrainConfig:
         top_mlp: top MLP widths after the interaction, ending in 1.
         interaction: ``dot`` or ``cat``; interaction_itself: include self dot products.
         method: embedding method of the compressed tables (``full | hash | qr | gqr | crt | path
-            | md``); threshold: only tables with more rows than this are compressed.
-        embedding_options: further :class:`compemb.config.EmbeddingBagConfig` fields
-            (``operation``, ``num_collisions``, ``k``, ``hidden_dims``, ``compose``, ``backend``,
-            ``mode``, ``md_dim``).
+            | md | tt | robe | freq | cluster``); threshold: only tables with more rows than this
+            are compressed.
+        embedding_options: further :class:`compemb.config.EmbeddingBagConfig` fields, the
+            :func:`table_option_fields` (``operation``, ``num_collisions``, ``k``, ``hidden_dims``,
+            ``md_dim``, ``mode``, ``compose``, ``backend``, ``tt_rank``, ``num_hot``,
+            ``compression``).
         md_temperature: ``alpha`` of the mixed-dimension rule (``method="md"``).
         dlrm_compatible_qr: build QR tables with the DLRM-compatible ``QREmbeddingBag``
             (``concat`` is ``2d`` wide and gets projected).
@@ -201,7 +216,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         for name in ("eval_batch_size", "eval_every", "early_stopping_patience", "max_steps",
-                     "checkpoint_every"):
+                     "checkpoint_every", "recluster_every"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be None or a non-negative int, got {value!r}")
@@ -242,6 +257,3 @@ class TrainConfig:
     def to_dict(self) -> Dict[str, Any]:
         """The config as a plain dict (what a checkpoint records)."""
         return dataclasses.asdict(self)
-
-
-# -- building ------------------------------------------------------------------------------------

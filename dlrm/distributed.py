@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -136,17 +136,10 @@ class RankSplit:
 
     def global_rows(self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                     start_batch: int = 0) -> Iterator[np.ndarray]:
-        """The data set positions of every global batch, as ``split.batches`` visits them."""
-        n = len(self.split)
-        total = self.num_batches(batch_size, drop_last)
-        if not isinstance(start_batch, (int, np.integer)) or start_batch < 0 or start_batch > total:
-            raise ValueError(f"start_batch={start_batch!r} outside the {total} batches of split {self.name!r}")
-        rows = self.split.rows
-        order = np.random.default_rng(seed).permutation(n) if shuffle else None
-        for b in range(start_batch, total):
-            lo, hi = b * batch_size, min((b + 1) * batch_size, n)
-            pos = np.arange(lo, hi, dtype=np.int64) if order is None else order[lo:hi]
-            yield (rows.start + pos) if isinstance(rows, range) else np.asarray(rows)[pos]
+        """The data set positions of every global batch, as ``split.batches`` visits them
+        (the split's :meth:`~dlrm.data.batching.RecSplit.batch_rows` as int64 arrays)."""
+        for sel in self.split.batch_rows(batch_size, shuffle, seed, drop_last, start_batch):
+            yield np.arange(sel.start, sel.stop, dtype=np.int64) if isinstance(sel, slice) else np.asarray(sel)
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                 start_batch: int = 0) -> Iterator[Any]:
@@ -194,7 +187,7 @@ class _DenseSynchronised:
             at = 0
             for p, g in zip(self.dense, grads):
                 n = g.numel()
-                p.grad = flat[at:at + n].view_as(p).clone()
+                p.grad = flat[at:at + n].view_as(p)  # (views of one fresh tensor, each its own slice)
                 at += n
         self.inner.step()
 
@@ -294,9 +287,10 @@ class DistributedTraining:
         from torchrec.distributed.planner.types import PlannerError
 
         from compemb.distributed import combined_optimizer, plan, shard
-        from dlrm.optim import Optimizers
+        from dlrm.optim import Optimizers, dense_optimizer
 
-        lr = float(config.learning_rate or 0.0)
+        assert config.learning_rate is not None  # TrainConfig resolves the default
+        lr = float(config.learning_rate)
         fused = fused_optimizer_name(config.optimizer, self.device.type)
         fused_params: Dict[str, Any] = {"optimizer": fused, "learning_rate": lr}
         if fused == "exact_adagrad":
@@ -319,8 +313,8 @@ class DistributedTraining:
         dist.broadcast_object_list(shared, src=0)  # (every rank shards by rank 0's plan)
         dmp = shard(sharded, device=self.device, fused_params=fused_params, sharding_plan=shared[0])
         self.sharding = {t: ps.sharding_type for m in dmp.plan.plan.values() for t, ps in m.items()}
-        dense = _optimizer_class(config.optimizer)
-        combined = combined_optimizer(dmp, lambda params: dense(params, lr))
+        name = config.optimizer  # (one fused_optimizer_name accepted: sgd, adagrad or adam)
+        combined = combined_optimizer(dmp, lambda params: dense_optimizer(name, params, lr))
         wrapped = ParallelModel(dmp, accounting, "hybrid")
         return wrapped, Optimizers([combined])
 
@@ -332,8 +326,8 @@ class DistributedTraining:
             return
         budget = budget_gb * 1024**3
         factor = 1 + _STATE_FACTOR.get(config.optimizer, 1)
-        tables = {spec.name: n * 4 * factor for spec, n in
-                  zip(model.config.tables, (model.table_parameters()[s.name] for s in model.config.tables))}
+        params = model.table_parameters()
+        tables = {spec.name: params[spec.name] * 4 * factor for spec in model.config.tables}
         dense = sum(p.numel() for p in model.parameters()) * 4 * factor - sum(tables.values())
         name, biggest = max(tables.items(), key=lambda kv: kv[1]) if tables else ("", 0)
         gb = 1024**3
@@ -345,14 +339,12 @@ class DistributedTraining:
                                  f"--parallel {self.mode} keeps every table on every rank; use --parallel hybrid "
                                  "or compress the tables")
             return
-        per_rank = [biggest / self.world_size]
-        if self.sharding_type in ("table_wise", "data_parallel"):
-            per_rank = [biggest]
-        if per_rank[0] > budget:
+        whole = self.sharding_type in ("table_wise", "data_parallel")  # (a table on one rank)
+        if (biggest if whole else biggest / self.world_size) > budget:
             raise ValueError(f"table {name!r} ({biggest / gb:.3g} GB of weights and optimizer state) fits no rank's "
                              f"memory budget of {budget_gb:g} GB"
-                             + (f" even split {self.world_size} ways" if len(per_rank) and self.sharding_type not in
-                                ("table_wise", "data_parallel") else f" (--sharding-type {self.sharding_type})")
+                             + (f" (--sharding-type {self.sharding_type})" if whole
+                                else f" even split {self.world_size} ways")
                              + ": compress it, add ranks or raise --memory-per-rank-gb")
         if (sum(tables.values()) + dense) / self.world_size > budget:
             raise ValueError(f"the tables ({sum(tables.values()) / gb:.3g} GB of weights and optimizer state) do not "
@@ -424,15 +416,3 @@ class DistributedTraining:
         form the wrapped model's and optimizer's ``load_state_dict`` take)."""
         return load_distributed(path, config, device, mode=self.mode, rank=self.rank, world_size=self.world_size,
                                 model=self.model, optimizer=self.optimizer)
-
-
-def _optimizer_class(name: str) -> Callable[[Any, float], torch.optim.Optimizer]:
-    """The torch optimizer that trains a hybrid run's dense parameters, as :func:`dlrm.optim.build_optimizer`
-    builds it for one process."""
-    if name == "sgd":
-        return lambda params, lr: torch.optim.SGD(params, lr=lr)
-    if name == "adagrad":
-        return lambda params, lr: torch.optim.Adagrad(params, lr=lr, foreach=False)
-    if name == "adam":
-        return lambda params, lr: torch.optim.Adam(params, lr=lr)
-    raise ValueError(f"--optimizer {name} cannot combine with --parallel hybrid")

@@ -62,16 +62,12 @@ def _dcp_tree(model_state: Mapping[str, Any], optimizer_states: Sequence[Any],
 
 
 def _read_meta(path: str) -> Dict[str, Any]:
-    from dlrm.checkpoint import CheckpointError
+    from dlrm.checkpoint import CheckpointError, safe_load
 
     way_out = "delete the checkpoint directory or pass --no-resume to start afresh"
-    try:
-        meta = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint file {path} is missing (written by fewer ranks?); {way_out}") from None
-    except Exception as exc:  # truncated, corrupt or unsafe: nothing in it ran
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"checkpoint file {path} cannot be read safely ({first}); {way_out}") from None
+    if not os.path.lexists(path):
+        raise CheckpointError(f"checkpoint file {path} is missing (written by fewer ranks?); {way_out}")
+    meta = safe_load(path, "cpu", way_out)
     if not isinstance(meta, dict) or "config" not in meta or "state" not in meta:
         raise CheckpointError(f"{path} is not a compemb rank checkpoint; {way_out}")
     return meta

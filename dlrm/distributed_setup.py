@@ -129,7 +129,9 @@ def check_parallel(config: TrainConfig, mode: str, world_size: int, *, sharding_
         if replicate_rows is not None and (isinstance(replicate_rows, bool) or replicate_rows < 0):
             raise ValueError(f"--replicate-rows must be >= 0, got {replicate_rows}")
     elif mode == "data":
-        if config.optimizer in ("rowwise_adagrad_fbgemm", "sgd_triton_fused"):
+        from dlrm.optim import FUSED_OPTIMIZER_BACKENDS
+
+        if config.optimizer in FUSED_OPTIMIZER_BACKENDS:
             raise ValueError(f"--optimizer {config.optimizer} cannot combine with --parallel data: it updates the "
                              "tables inside the backward pass, before DDP could average their gradients; use "
                              "--parallel independent or a torch optimizer")

@@ -25,14 +25,15 @@ import dataclasses
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 if TYPE_CHECKING:
     from dlrm.distributed import DistributedTraining
     from dlrm.train import TrainConfig
 
-__all__ = ["add_distributed_arguments", "Job", "join", "launch", "strip_launcher_flags", "in_launched_worker"]
+__all__ = ["add_distributed_arguments", "Job", "join", "launch", "strip_launcher_flags", "in_launched_worker",
+           "in_elastic_worker", "exit_elastic_worker"]
 
 #: the flags only a multi-process run takes (``--nproc-per-node`` is the launcher's)
 _DISTRIBUTED_FLAGS = ("parallel", "sharding_type", "replicate_rows", "memory_per_rank_gb")
@@ -66,7 +67,26 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
 
 def in_launched_worker() -> bool:
     """Whether this process is a rank that torchrun (or the shorthand) started."""
-    return "TORCHELASTIC_RUN_ID" in os.environ or ("WORLD_SIZE" in os.environ and "RANK" in os.environ)
+    return in_elastic_worker() or ("WORLD_SIZE" in os.environ and "RANK" in os.environ)
+
+
+def in_elastic_worker() -> bool:
+    """Whether torch's elastic launcher (torchrun, or the ``--nproc-per-node`` shorthand) started
+    this process: the process is the rank, not a host that runs ranks in-process."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def exit_elastic_worker(code: int) -> None:
+    """In a rank the elastic launcher started (:func:`in_elastic_worker`): leave the process now
+    with exit status ``code``, without the interpreter's teardown, where C++ destructors race with
+    gloo's threads ("terminate called without an active exception", an intermittent SIGABRT after
+    a finished run). Output is flushed first; call it after the process group is taken down
+    (:meth:`Job.finish`) and the result printed. Elsewhere it returns."""
+    if not in_elastic_worker():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def strip_launcher_flags(argv: Sequence[str]) -> List[str]:
@@ -97,7 +117,6 @@ class Job:
     parallel: Optional[DistributedTraining] = None
     exit_code: Optional[int] = None
     device: Optional[str] = None
-    extra: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_main(self) -> bool:

@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -31,7 +30,8 @@ from torch import nn
 
 from compemb.kernels import get_collection_backend
 from compemb.options import BACKENDS, FUSED_OPTIMIZERS, METHODS
-from dlrm.tables import build_collection, build_table, enable_sparse, output_width, table_specs
+from dlrm.models.base import reset_linear
+from dlrm.tables import build_collection, build_table, enable_sparse, probe_output_width, table_specs
 
 if TYPE_CHECKING:
     from compemb.collection import CompositionalEmbeddingBagCollection
@@ -190,16 +190,6 @@ def _mlp(sizes: Sequence[int], sigmoid_last: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _reset_linear(linear: nn.Linear) -> None:
-    # DLRM's initialisation (Naumov et al.): W ~ N(0, sqrt(2 / (fan_in + fan_out))),
-    # b ~ N(0, sqrt(1 / fan_out)).
-    fan_out, fan_in = linear.weight.shape
-    with torch.no_grad():
-        linear.weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)))
-        if linear.bias is not None:
-            linear.bias.normal_(0.0, math.sqrt(1.0 / fan_out))
-
-
 def interaction_output_dim(num_vectors: int, d: int, itself: bool, has_dense: bool) -> int:
     """Width of the dot interaction's output for ``num_vectors`` vectors of width ``d``.
 
@@ -291,7 +281,7 @@ class DLRM(nn.Module):
         bag = self.embeddings[i]
         sparse_ids = {id(p) for p in self._sparse_params}
         self._sparse_params.extend(p for p in enable_sparse(bag, self.config.sparse) if id(p) not in sparse_ids)
-        width = output_width(bag)
+        width = probe_output_width(bag)
         self.table_widths[i] = width
         key = str(i)
         if key in self.projections:
@@ -300,7 +290,7 @@ class DLRM(nn.Module):
         assert d_out is not None  # set by DLRMConfig.__post_init__
         if self.config.interaction == "dot" and width != d_out:
             proj = nn.Linear(width, d_out, bias=False)
-            _reset_linear(proj)
+            reset_linear(proj)
             self.projections[key] = proj
 
     def replace_table(self, i: int, module: nn.Module) -> None:
@@ -327,7 +317,7 @@ class DLRM(nn.Module):
             list(self.bottom.modules()) if self.bottom is not None else []
         ):
             if isinstance(module, nn.Linear):
-                _reset_linear(module)
+                reset_linear(module)
 
     # -- parameter accounting ------------------------------------------------------------------
     def table_parameters(self) -> Dict[str, int]:
@@ -398,8 +388,7 @@ class DLRM(nn.Module):
 
     def forward(self, dense: torch.Tensor, indices: Sequence[torch.Tensor],
                 offsets: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Logits ``(B,)``; use :meth:`predict` for probabilities."""
-        self._check_dense(dense)
+        """Logits ``(B,)``; use :meth:`predict` for probabilities (:meth:`head` checks ``dense``)."""
         return self.head(dense, self.embed(indices, offsets))
 
     def _check_dense(self, dense: torch.Tensor) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "fused_optimizer_unavailable",
     "fbgemm_rowwise_adagrad_available",
     "build_optimizer",
+    "dense_optimizer",
 ]
 
 #: the DLRM optimizer names that a collection fuses -> (collection backend, its fused optimizer)
@@ -119,24 +120,39 @@ def build_optimizer(config: TrainConfig, model: RecModel) -> Optimizers:
     if name in FUSED_OPTIMIZER_BACKENDS:
         _check_fused_model(name, model)
         # the tables are updated inside the collection's backward; the MLPs use torch's optimizer
-        mlp_optimizer = torch.optim.SGD if name == "sgd_triton_fused" else torch.optim.Adagrad
-        return Optimizers([mlp_optimizer(params, lr=lr)])
+        return Optimizers([dense_optimizer(name, params, lr)])
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
     sparse_ids = {id(p) for p in model.sparse_parameters()}
     sparse = [p for p in params if id(p) in sparse_ids]
     dense = [p for p in params if id(p) not in sparse_ids]
-    if name == "sgd":
-        return Optimizers([torch.optim.SGD(params, lr=lr)])
-    if name == "adagrad":
-        return Optimizers([torch.optim.Adagrad(params, lr=lr, foreach=False)])
     if name == "adam":
         opts: List[torch.optim.Optimizer] = []
         if sparse:
             opts.append(torch.optim.SparseAdam(sparse, lr=lr))
         if dense:
-            opts.append(torch.optim.Adam(dense, lr=lr))
+            opts.append(dense_optimizer(name, dense, lr))
         return Optimizers(opts)
+    if name == "amsgrad" and sparse:
+        raise ValueError("optimizer 'amsgrad' cannot take sparse gradients; build with sparse=False")
+    return Optimizers([dense_optimizer(name, params, lr)])
+
+
+def dense_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
+    """torch's optimizer that trains dense parameters (all of them, or the MLPs beside tables a
+    fused optimizer or SparseAdam updates) for the DLRM optimizer ``name``, at learning rate ``lr``.
+
+    Raises:
+        ValueError: ``name`` is no optimizer of :data:`OPTIMIZERS`.
+    """
+    if name in ("sgd", "sgd_triton_fused"):
+        return torch.optim.SGD(params, lr=lr)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, foreach=False)
+    if name == "rowwise_adagrad_fbgemm":
+        return torch.optim.Adagrad(params, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
     if name == "amsgrad":
-        if sparse:
-            raise ValueError("optimizer 'amsgrad' cannot take sparse gradients; build with sparse=False")
-        return Optimizers([torch.optim.Adam(params, lr=lr, amsgrad=True)])
+        return torch.optim.Adam(params, lr=lr, amsgrad=True)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Set, Tuple
 
 import torch
 
-from dlrm.config import (
-    TrainConfig,
-    check_device,
-)
 from dlrm.checkpoint import CHECKPOINT_NAME
+from dlrm.config import TrainConfig, check_device
 
 
 __all__ = ["preflight"]
@@ -34,11 +32,21 @@ def _check_directory(what: str, directory: str) -> None:
         raise ValueError(f"{what} {directory} is not writable ({exc.strerror or exc})") from None
 
 
+#: the backend probes that passed in this process: (method, table options, width, device); the
+#: CLI, the launcher and :func:`dlrm.train.train` each call :func:`preflight`, one probe serves them
+_PROBED: Set[Tuple[str, str, int, str]] = set()
+
+
 def _check_backend(config: TrainConfig) -> None:
     """A kernel backend asked for by name must serve the compressed tables on ``config.device``:
-    build one small such table there and run it once (what building the model would do)."""
+    build one small such table there and run it once (what building the model would do; once per
+    process and configuration)."""
     backend = config.embedding_options.get("backend")
     if backend in (None, "torch", "auto") or config.method in ("full", "hash", "md", "path"):
+        return
+    key = (config.method, repr(sorted(config.embedding_options.items())), int(config.embedding_dim),
+           str(torch.device(config.device)))
+    if key in _PROBED:
         return
     from compemb.config import EmbeddingBagConfig, build_embedding_bag
 
@@ -48,6 +56,7 @@ def _check_backend(config: TrainConfig) -> None:
     with torch.no_grad():
         bag(torch.zeros(1, dtype=torch.long, device=config.device),
             torch.zeros(1, dtype=torch.long, device=config.device))
+    _PROBED.add(key)
 
 
 def preflight(config: TrainConfig) -> None:
@@ -78,6 +87,3 @@ def preflight(config: TrainConfig) -> None:
                 pass
         except OSError as exc:
             raise ValueError(f"log file {log} cannot be written ({exc.strerror or exc})") from None
-
-
-# -- the loop ------------------------------------------------------------------------------------

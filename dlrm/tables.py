@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from compemb.collection import CompositionalEmbeddingBagCollection
     from dlrm.model import DLRMConfig
 
-__all__ = ["table_specs", "build_table", "output_width", "enable_sparse", "build_collection"]
+__all__ = ["table_specs", "build_table", "probe_output_width", "enable_sparse", "sparse_gradient_parameters",
+           "build_collection"]
 
 
 def _embedding_bag_config():
@@ -48,13 +49,15 @@ def table_specs(
     Args:
         cardinalities: rows of each table.
         embedding_dim: output width ``d`` of every table.
-        method: ``full | hash | qr | gqr | crt | path | md``.
+        method: one of :data:`compemb.options.METHODS` (``full | hash | qr | gqr | crt | path | md
+            | tt | robe | freq | cluster``).
         threshold: tables with ``rows > threshold`` are compressed.
         feature_names: names of the tables (default ``"t0"``, ``"t1"``, ...).
         md_temperature: ``alpha`` for mixed dimensions.
         **options: further fields of :class:`compemb.config.EmbeddingBagConfig`
-            (``operation``, ``num_collisions``, ``k``, ``hidden_dims``, ``compose``, ``backend``,
-            ``mode``, ``md_dim``).
+            (:func:`dlrm.config.table_option_fields`: ``operation``, ``num_collisions``, ``k``,
+            ``hidden_dims``, ``md_dim``, ``mode``, ``compose``, ``backend``, ``tt_rank``,
+            ``num_hot``, ``compression``).
 
     Returns:
         list of :class:`compemb.config.EmbeddingBagConfig`.
@@ -136,7 +139,7 @@ def _probe(module: nn.Module, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def output_width(module: nn.Module) -> int:
+def probe_output_width(module: nn.Module) -> int:
     """The width of a table module's output, probed: the one width fact every module shares,
     whatever its method keeps internally."""
     param = next(module.parameters(), None)
@@ -155,6 +158,12 @@ def enable_sparse(module: nn.Module, sparse: bool) -> List[nn.Parameter]:
                 flag.sparse = True
             except (AttributeError, TypeError):
                 continue
+    return sparse_gradient_parameters(module)
+
+
+def sparse_gradient_parameters(module: nn.Module) -> List[nn.Parameter]:
+    """The parameters of an embedding module that receive sparse gradients, found by one probe
+    backward through a one-element bag (nothing is guessed from the module's type)."""
     param = next(module.parameters(), None)
     if param is None:
         return []

@@ -108,6 +108,7 @@ def build_model(config: TrainConfig, dataset: Any) -> RecModel:
             raise ValueError(f"optimizer 'rowwise_adagrad_fbgemm' is unavailable: {reason}")
     fused = fused_optimizer_for(config.optimizer)
     collection = config.collection_backend
+    assert config.learning_rate is not None  # TrainConfig resolves the default
     from dlrm.counts import training_counts
 
     counts = training_counts(dataset, specs)
@@ -127,7 +128,7 @@ def build_model(config: TrainConfig, dataset: Any) -> RecModel:
         dlrm_compatible_qr=config.dlrm_compatible_qr,
         sparse=_sparse_for(config) and collection is None,
         fused_optimizer=fused[1] if fused is not None else None,
-        fused_learning_rate=float(config.learning_rate or DEFAULT_LEARNING_RATES[config.optimizer]),
+        fused_learning_rate=float(config.learning_rate),
         collection_backend=collection,
     )
     return DLRM(model_config, device=config.device if collection is not None else None,
@@ -426,7 +427,8 @@ class _Run:
         warmup = self.config.warmup_steps
         if not warmup or step > warmup + 1:
             return
-        lr = float(self.config.learning_rate or 0.0) * min(1.0, step / warmup)
+        assert self.config.learning_rate is not None  # TrainConfig resolves the default
+        lr = float(self.config.learning_rate) * min(1.0, step / warmup)
         for opt in self.optimizer.optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr

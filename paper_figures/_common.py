@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -21,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 __all__ = ["trials_of", "save_figure", "write_csv", "script_main", "run_figure", "hidden_size", "METHOD_STYLE",
-           "log_params_axis", "require", "FigureSkipped", "seeds_phrase", "collisions_phrase", "figure_dir"]
+           "series_label", "log_params_axis", "require", "FigureSkipped", "seeds_phrase", "collisions_phrase",
+           "figure_dir", "add_run_arguments", "draw_figure"]
 
 
 class FigureSkipped(ValueError):
@@ -60,6 +62,28 @@ METHOD_STYLE = {
     "QR add": dict(color="tab:green", marker="^"),
     "QR mult": dict(color="tab:purple", marker="o"),
 }
+
+#: the name of each method in the figures' legends and tables
+_METHOD_NAMES = {"full": "full", "hash": "hashing", "qr": "QR", "gqr": "generalized QR", "crt": "Chinese remainder",
+                 "path": "path-based", "md": "mixed dimension", "tt": "TT-Rec", "robe": "ROBE",
+                 "freq": "frequency-aware", "cluster": "clustered (CCE)"}
+
+
+def series_label(row: Any, with_k: bool = True) -> str:
+    """The series a trial or table row belongs to: ``"full"``, ``"hashing"``, ``"QR mult"``,
+    ``"generalized QR mult (k=3)"`` (``with_k``; else ``"generalized QR mult"``), ``"TT-Rec"`` ...
+    (the keys of :data:`METHOD_STYLE` for full, hashing and QR)."""
+    from compemb.options import OPERATION_METHODS
+
+    method = str(row["method"])
+    label = _METHOD_NAMES.get(method, method)
+    op = row.get("operation")
+    if method in OPERATION_METHODS and isinstance(op, str):
+        label += f" {op}"
+    k = row.get("k")
+    if with_k and method in ("gqr", "crt") and k is not None and not (isinstance(k, float) and math.isnan(k)):
+        label += f" (k={int(k)})"
+    return label
 
 
 def trials_of(study_or_df: Any, storage: Optional[str] = None) -> pd.DataFrame:
@@ -170,26 +194,52 @@ def require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
 def script_main(argv: Optional[List[str]], make_figure: Callable, default_study: str, space_name: str,
                 description: str, prog: str) -> int:
     """The command line of one figure script (``python -m paper_figures.figN_… --storage … --study …``)."""
-    from sweeps.cli import error_text
-    from sweeps.runner import SweepInterrupted
-
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--study", default=default_study, help=f"study name (default {default_study})")
+    add_run_arguments(p, default_study=default_study, space_name=space_name)
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    paths = draw_figure(prog, make_figure, args, args.study, space_name)
+    if isinstance(paths, int):
+        return paths
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def add_run_arguments(p: argparse.ArgumentParser, default_study: Optional[str] = None,
+                      space_name: Optional[str] = None) -> None:
+    """The options that say where a figure's study is and how to run it (``--study``,
+    ``--storage``, ``--results-dir``, ``--out-dir``, ``--run-missing``, ``--workers``, ``--seeds``,
+    ``--set``, ``--objective``); ``default_study`` ``None``: each figure's own paper study."""
+    from dlrm.argtypes import int_at_least
+
+    p.add_argument("--study", default=default_study,
+                   help=(f"study name (default {default_study})" if default_study is not None
+                         else "one study for every figure (default: each figure's paper study)"))
     p.add_argument("--storage", default=None, help="database URL (default: sqlite results/<study>.db)")
     p.add_argument("--results-dir", default="results")
     p.add_argument("--out-dir", default=None, help="default: <results-dir>/figures/<study>")
     p.add_argument("--run-missing", action="store_true",
-                   help=f"run the {space_name!r} grid into the study if it is missing or incomplete")
-    p.add_argument("--workers", type=int, default=1)
+                   help=(f"run the {space_name!r} grid" if space_name is not None else "run a figure's grid")
+                   + " into the study if it is missing or incomplete")
+    p.add_argument("--workers", type=int_at_least(1), default=1)
     p.add_argument("--seeds", default=None, help="comma-separated seeds for --run-missing")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="training config field for --run-missing (JSON value)")
     p.add_argument("--objective", default=None, help="module:function for --run-missing")
-    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+
+
+def draw_figure(prog: str, make_figure: Callable, args: argparse.Namespace, study: str,
+                space_name: Optional[str]) -> Union[Dict[str, Path], int]:
+    """:func:`run_figure` as the options of :func:`add_run_arguments` say: the paths written, or
+    the exit status after one line on stderr (``prog: skipped: ...`` 0, ``prog: error: ...`` 2,
+    an interrupted sweep 130)."""
+    from sweeps.cli import error_text
+    from sweeps.runner import SweepInterrupted
+
     try:
-        paths = run_figure(make_figure, args.study, args.storage, args.results_dir, args.out_dir,
-                           run_missing=args.run_missing, space_name=space_name, workers=args.workers,
-                           seeds=args.seeds, sets=args.set, objective=args.objective)
+        return run_figure(make_figure, study, args.storage, args.results_dir, args.out_dir,
+                          run_missing=args.run_missing, space_name=space_name, workers=args.workers,
+                          seeds=args.seeds, sets=args.set, objective=args.objective)
     except FigureSkipped as exc:
         print(f"{prog}: skipped: {exc}", file=sys.stderr)
         return 0
@@ -199,9 +249,6 @@ def script_main(argv: Optional[List[str]], make_figure: Callable, default_study:
     except SweepInterrupted as exc:
         print(str(exc), file=sys.stderr)
         return 130
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
-    return 0
 
 
 def run_figure(make_figure: Callable, study: str, storage: Optional[str], results_dir: str, out_dir: Optional[str],

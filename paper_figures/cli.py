@@ -51,21 +51,12 @@ def make_all(study_or_df: Any, out_dir: Union[str, os.PathLike], figures: Sequen
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from paper_figures._common import add_run_arguments, draw_figure
+
     p = argparse.ArgumentParser(prog="compemb figures", description="regenerate the paper's figures from a study")
     p.add_argument("figures", nargs="*", default=[], help=f"which ({', '.join(FIGURES)}; default all)")
-    p.add_argument("--study", default=None, help="one study for every figure (default: each figure's paper study)")
-    p.add_argument("--storage", default=None, help="database URL (default: sqlite results/<study>.db)")
-    p.add_argument("--results-dir", default="results")
-    p.add_argument("--out-dir", default=None, help="default: <results-dir>/figures/<study>")
-    p.add_argument("--run-missing", action="store_true", help="run a figure's grid when its study is missing")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--seeds", default=None)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--objective", default=None)
+    add_run_arguments(p)
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
-    from paper_figures._common import FigureSkipped, run_figure
-    from sweeps.cli import error_text
-    from sweeps.runner import SweepInterrupted
 
     names = args.figures or list(FIGURES)
     bad = [n for n in names if n not in FIGURES]
@@ -76,21 +67,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name in names:
         module_name, default = FIGURES[name]
         module = importlib.import_module(module_name)
-        study = args.study or default
-        try:
-            paths = run_figure(module.make_figure, study, args.storage, args.results_dir, args.out_dir,
-                               run_missing=args.run_missing, space_name=default if args.study is None else study,
-                               workers=args.workers, seeds=args.seeds, sets=args.set, objective=args.objective)
-        except FigureSkipped as exc:
-            print(f"{name}: skipped: {exc}", file=sys.stderr)
+        paths = draw_figure(name, module.make_figure, args, args.study or default,
+                            space_name=default if args.study is None else args.study)
+        if isinstance(paths, int):  # (skipped 0, error 2, interrupted 130)
+            if paths == 130:
+                return 130
+            failures += paths != 0
             continue
-        except (KeyError, ValueError) as exc:
-            failures += 1
-            print(f"{name}: error: {error_text(exc)}", file=sys.stderr)
-            continue
-        except SweepInterrupted as exc:
-            print(str(exc), file=sys.stderr)
-            return 130
         print(f"{name}: " + ", ".join(str(p) for p in paths.values()))
     return 0 if failures < len(names) else 1
 

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Union
 import pandas as pd
 
 from paper_figures._common import (METHOD_STYLE, FigureSkipped, collisions_phrase, log_params_axis, plt, require,
-                                   save_figure, script_main, seeds_phrase, trials_of)
+                                   save_figure, script_main, seeds_phrase, series_label, trials_of)
 
 __all__ = ["make_figure", "select", "summarize", "main", "STEM", "FigureSkipped"]
 
@@ -36,14 +36,6 @@ STEM = "fig1_collisions"
 _POINT = re.compile(r"^(full|hash-c\d+|qr-(concat|add|mult)-c\d+)$")
 
 
-def _series(row) -> Optional[str]:
-    if row["method"] == "full":
-        return "full"
-    if row["method"] == "hash":
-        return "hashing"
-    if row["method"] == "qr":
-        return f"QR {row['operation']}"
-    return None
 
 
 def select(df: pd.DataFrame) -> pd.DataFrame:
@@ -54,7 +46,7 @@ def select(df: pd.DataFrame) -> pd.DataFrame:
     else:  # an open search: every full / hash / qr trial
         keep = df["method"].isin(["full", "hash", "qr"])
     out = df[keep].copy()
-    out["series"] = out.apply(_series, axis=1)
+    out["series"] = out.apply(series_label, axis=1)
     if "num_collisions" not in out.columns:
         out["num_collisions"] = None
     out.loc[out["method"] == "full", "num_collisions"] = 1

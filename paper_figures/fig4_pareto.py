@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Union, Mapping
 import numpy as np
 
 from paper_figures._common import (METHOD_STYLE, collisions_phrase, log_params_axis, plt, require, save_figure,
-                                   script_main, trials_of)
+                                   script_main, series_label, trials_of)
 
 __all__ = ["make_figure", "pareto_mask", "label", "main", "STEM"]
 
@@ -38,10 +38,8 @@ def pareto_mask(params: np.ndarray, loss: np.ndarray) -> np.ndarray:
 
 
 def label(row: Mapping[str, Any]) -> str:
-    m = row["method"]
-    if m in ("qr", "gqr", "crt"):
-        return f"{m.upper()} {row.get('operation', '')}".strip()
-    return {"full": "full", "hash": "hashing", "path": "path-based", "md": "mixed dim"}.get(m, str(m))
+    """A trial's series: :func:`paper_figures._common.series_label` without gqr's / crt's ``k``."""
+    return series_label(row, with_k=False)
 
 
 def make_figure(study_or_df: Any, out_dir: Union[str, os.PathLike], objective: str = "val_loss") -> Dict[str, Path]:

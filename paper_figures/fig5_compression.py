@@ -19,7 +19,6 @@ Usage::
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -27,7 +26,8 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import pandas as pd
 
-from paper_figures._common import FigureSkipped, log_params_axis, plt, require, save_figure, script_main, trials_of
+from paper_figures._common import (FigureSkipped, log_params_axis, plt, require, save_figure, script_main,
+                                   series_label, trials_of)
 
 __all__ = ["make_figure", "compression_table", "chosen_configuration", "method_label", "main", "STEM",
            "GOAL_RATIO", "GOAL_FRACTION"]
@@ -38,23 +38,13 @@ GOAL_RATIO = 16.0
 #: ... at no less than this fraction of the full model's test AUC
 GOAL_FRACTION = 0.995
 
-_LABELS = {"full": "full", "hash": "hashing", "qr": "QR", "gqr": "generalized QR", "crt": "Chinese remainder",
-           "path": "path-based", "md": "mixed dimension", "tt": "TT-Rec", "robe": "ROBE",
-           "freq": "frequency-aware", "cluster": "clustered (CCE)"}
 _MARKERS = ["o", "s", "^", "v", "D", "P", "X", "<", ">", "h", "*"]
 
 
 def method_label(row: Mapping[str, Any]) -> str:
-    """``"QR mult"``, ``"generalized QR mult (k=3)"``, ``"TT-Rec"`` ... for a trial or table row."""
-    method = str(row["method"])
-    label = _LABELS.get(method, method)
-    op = row.get("operation")
-    if method in ("qr", "gqr", "crt", "freq", "cluster") and isinstance(op, str):
-        label += f" {op}"
-    k = row.get("k")
-    if method in ("gqr", "crt") and k is not None and not (isinstance(k, float) and math.isnan(k)):
-        label += f" (k={int(k)})"
-    return label
+    """``"QR mult"``, ``"generalized QR mult (k=3)"``, ``"TT-Rec"`` ... for a trial or table row
+    (:func:`paper_figures._common.series_label`)."""
+    return series_label(row)
 
 
 def _trials(study_or_df: Any) -> pd.DataFrame:
@@ -78,8 +68,12 @@ def compression_table(study_or_df: Any) -> pd.DataFrame:
     ``compression_achieved`` (the compressed tables' parameters and their full size over them, where
     recorded), ``auc_vs_full`` (``test_auc_mean`` over the full model's).
     """
-    df = _trials(study_or_df)
-    df["ratio_key"] = df["ratio"].fillna(0.0)
+    return _table(_trials(study_or_df))
+
+
+def _table(trials: pd.DataFrame) -> pd.DataFrame:
+    """:func:`compression_table` of the frame :func:`_trials` prepared."""
+    df = trials.assign(ratio_key=trials["ratio"].fillna(0.0))
     agg: Dict[str, Any] = {"seeds": ("test_auc", "size"), "test_auc_mean": ("test_auc", "mean"),
                            "test_auc_std": ("test_auc", "std"), "val_auc_mean": ("val_auc", "mean"),
                            "embedding_params": ("embedding_params", "mean")}
@@ -135,7 +129,7 @@ def make_figure(study_or_df: Any, out_dir: Union[str, os.PathLike], stem: str = 
                 title: Optional[str] = None) -> Dict[str, Path]:
     """Draw test AUC against embedding parameters per method into ``out_dir`` (see the module doc)."""
     df = _trials(study_or_df)
-    table = compression_table(df)
+    table = _table(df)
     full = table[table["method"] == "full"].iloc[0]
     fig, ax = plt.subplots(figsize=(10.0, 5.0))
     cmap = plt.get_cmap("tab10")

@@ -20,6 +20,7 @@ import json
 import sys
 from typing import Any, Dict, List, Optional
 
+from dlrm.argtypes import int_at_least
 from sweeps.runner import SweepInterrupted, run_sweep
 from sweeps.space import get_space, list_spaces, parse_seeds
 from sweeps.storage import default_storage_url, make_storage
@@ -55,14 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--study", default=None, help="study name (default: the space's name)")
     r.add_argument("--storage", default=None, help="database URL (default: sqlite under --results-dir)")
     r.add_argument("--results-dir", default="results")
-    r.add_argument("--workers", type=int, default=1, help="local worker processes")
+    r.add_argument("--workers", type=int_at_least(1), default=1, help="local worker processes")
     r.add_argument("--objective", default=DEFAULT_OBJECTIVE, help="module:function, config dict -> metrics dict")
     r.add_argument("--seeds", default=None, help="comma-separated seeds (replaces the space's)")
     r.add_argument("--n-trials", type=int, default=None, help="open search: trials to complete")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config field for every trial (value parsed as JSON), e.g. --set max_steps=300")
-    r.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval in seconds")
-    r.add_argument("--grace", type=int, default=None, help="seconds without heartbeat before a trial is failed")
+    r.add_argument("--heartbeat", type=int_at_least(1), default=10, help="heartbeat interval in seconds")
+    r.add_argument("--grace", type=int_at_least(1), default=None, help="seconds without heartbeat before a trial is failed")
     r.add_argument("--max-retry", type=int, default=3,
                    help="retries of a failed trial (its worker died, or it raised); a collapsed training run is "
                         "not retried, a trial stopped by Ctrl-C does not count")

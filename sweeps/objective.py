@@ -26,19 +26,35 @@ if TYPE_CHECKING:
 
 __all__ = ["train_config", "train_objective", "TrainObjective", "config_fields", "EMBEDDING_FIELDS"]
 
+
 #: flat config fields that belong to the tables' EmbeddingBagConfig
-EMBEDDING_FIELDS = ("operation", "num_collisions", "k", "hidden_dims", "compose", "backend", "mode", "md_dim",
-                    "tt_rank", "num_hot", "compression")
+#: (:func:`dlrm.config.table_option_fields`, read on first access: this module imports no torch)
+EMBEDDING_FIELDS: Tuple[str, ...]
+
+
+def _embedding_fields() -> Tuple[str, ...]:
+    """The flat config fields that belong to the tables' EmbeddingBagConfig (imported here, so that
+    this module stays free of torch until a config is read)."""
+    from dlrm.config import table_option_fields
+
+    return table_option_fields()
+
+
+def __getattr__(name: str) -> Any:
+    # EMBEDDING_FIELDS: :func:`dlrm.config.table_option_fields`, computed on first access
+    if name == "EMBEDDING_FIELDS":
+        return _embedding_fields()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _DATASETS: Dict[Tuple[str, str], Any] = {}
 
 
 def config_fields() -> List[str]:
     """Every field a flat sweep config may hold: :class:`dlrm.train.TrainConfig`'s and
-    :data:`EMBEDDING_FIELDS`, sorted."""
+    :data:`EMBEDDING_FIELDS` (the table options), sorted."""
     from dlrm.train import TrainConfig
 
-    return sorted({f.name for f in dataclasses.fields(TrainConfig)} | set(EMBEDDING_FIELDS))
+    return sorted({f.name for f in dataclasses.fields(TrainConfig)} | set(_embedding_fields()))
 
 
 def _unknown_field(key: str) -> ValueError:
@@ -59,10 +75,11 @@ def train_config(config: Mapping[str, Any]) -> TrainConfig:
     from dlrm.train import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
+    table_fields = _embedding_fields()
     kwargs: Dict[str, Any] = {}
     emb: Dict[str, Any] = {}
     for key, value in config.items():
-        if key in EMBEDDING_FIELDS:
+        if key in table_fields:
             emb[key] = tuple(value) if key == "hidden_dims" else value
         elif key in names:
             kwargs[key] = value
@@ -75,7 +92,7 @@ def train_config(config: Mapping[str, Any]) -> TrainConfig:
         "gqr": ("operation", "k"), "crt": ("operation", "k"), "path": ("num_collisions", "hidden_dims"),
         "md": ("md_dim",), "tt": ("tt_rank",), "robe": ("num_collisions",),
         "freq": ("operation", "num_collisions", "num_hot"), "cluster": ("operation", "num_collisions"),
-    }.get(method, EMBEDDING_FIELDS)
+    }.get(method, table_fields)
     common = ("compose", "backend", "mode", "compression")
     emb = {k: v for k, v in emb.items() if k in used or k in common}
     if emb:

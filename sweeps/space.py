@@ -22,8 +22,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
 
-from compemb.compression import COMPRESSED_METHODS
-from compemb.options import METHODS
+# compemb.options imports no torch: `compemb sweep list/export` stays fast
+from compemb.options import COLLISION_METHODS, COMPRESSED_METHODS, METHODS, OPERATION_METHODS
 from compemb.options import OPERATIONS as _ALL_OPERATIONS
 
 __all__ = [
@@ -261,7 +261,7 @@ COMPRESSION_RECLUSTER_EVERY = 200
 def _at_ratio(method: str, ratio: int, threshold: int = DEFAULT_THRESHOLD) -> Tuple[str, Point]:
     """``method`` with its size chosen for ``compression=ratio`` (``compemb.compression``)."""
     fields: Point = {"method": method, "compression": ratio, "threshold": threshold}
-    if method in ("qr", "gqr", "crt", "freq", "cluster"):
+    if method in OPERATION_METHODS:
         fields["operation"] = "mult"  # the paper's best operation
     if method in ("gqr", "crt"):
         fields["k"] = 3  # k = 2 would be QR again
@@ -287,9 +287,9 @@ def _open_suggest(trial) -> Point:
         "embedding_dim": trial.suggest_categorical("embedding_dim", [4, 8, 16, 32]),
         "learning_rate": trial.suggest_float("learning_rate", 1e-3, 3e-1, log=True),
     }
-    if method in ("qr", "gqr", "crt", "freq", "cluster"):
+    if method in OPERATION_METHODS:
         fields["operation"] = trial.suggest_categorical("operation", list(OPERATIONS))
-    if method in ("hash", "qr", "path", "freq", "cluster", "robe"):
+    if method in COLLISION_METHODS + ("robe",):
         fields["num_collisions"] = trial.suggest_int("num_collisions", 2, 64, log=True)
     if method == "freq":  # rows of their own for the most frequent categories of the training split
         fields["num_hot"] = trial.suggest_int("num_hot", 16, 4096, log=True)

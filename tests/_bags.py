@@ -1,4 +1,7 @@
-"""Shared test helpers: nn.EmbeddingBag-style inputs drawn by hypothesis, and a naive pooling."""
+"""Shared test helpers: nn.EmbeddingBag-style inputs drawn by hypothesis, a naive pooling and
+combination, and a state dict's save / load round trip."""
+import io
+
 import torch
 from hypothesis import strategies as st
 
@@ -15,6 +18,24 @@ def naive_pool(vectors, weights, mode, dim, dtype=torch.float64):
     if mode == "mean":
         return stacked.sum(0) / len(vectors)
     return stacked.max(0).values
+
+
+def combine_ref(vectors, operation):
+    """One vector (or one batch of rows) per table, combined: concatenated, multiplied or added."""
+    if operation == "concat":
+        return torch.cat(vectors, dim=-1)
+    acc = vectors[0]
+    for v in vectors[1:]:
+        acc = acc * v if operation == "mult" else acc + v
+    return acc
+
+
+def round_trip(state):
+    """``state`` through ``torch.save`` and ``torch.load(weights_only=True)``, as a checkpoint goes."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
 
 
 @st.composite

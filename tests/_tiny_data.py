@@ -13,12 +13,13 @@ SMALL_CONFIG = dict(dataset="tiny", embedding_dim=4, bottom_mlp=(8, 4), top_mlp=
                     epochs=2, learning_rate=0.05, optimizer="adagrad", eval_every=5, seed=3)
 
 
-def tiny_dataset(n=600, seed=0, cards=(50, 7, 200), power_law=False):
-    """A small data set with a learnable signal (labels from a hidden logistic teacher).
+def tiny_dataset(seed=0, cards=(50, 7, 200), power_law=False):
+    """A small data set of 600 rows with a learnable signal (labels from a hidden logistic teacher).
 
     Three one-hot features ``a``, ``b``, ``c`` with ``cards`` categories, drawn uniformly or, with
     ``power_law``, with power-law frequencies; rows 0-399 train, 400-499 validate, 500-599 test.
     """
+    n = 600
     rng = np.random.default_rng(seed)
     cards = list(cards)
     if power_law:

@@ -2,7 +2,8 @@
 
 Hypothesis runs under the "ci" profile by default: no per-example deadline (the machines are
 shared and timings are noisy) and a modest number of examples so the whole suite stays fast.
-Select another profile with ``HYPOTHESIS_PROFILE=dev`` (more examples) or register your own.
+Select another profile with ``HYPOTHESIS_PROFILE=dev`` (new random examples every run; 300 where a
+test sets no count of its own) or register your own.
 
 Every random draw replays: each test starts with the global torch, numpy and ``random`` generators
 seeded, and Hypothesis reseeds torch's global generator for every example as it does ``random``
@@ -27,7 +28,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # "ci" (the default, what `make test` runs): the same examples every run (derandomize), so a clean
-# clone tests exactly what passed here; "dev" (HYPOTHESIS_PROFILE=dev) explores new random examples.
+# clone tests exactly what passed here; "dev" (HYPOTHESIS_PROFILE=dev) draws new random examples each run,
+# 300 for a property whose test sets no max_examples of its own (most set their own count).
 settings.register_profile(
     "ci",
     deadline=None,
@@ -37,11 +39,6 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-
-def _triton_interpreted() -> bool:
-    """Whether ``TRITON_INTERPRET`` asks for the interpreter (the same test as compemb.kernels)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 class _TorchGlobalRandom:
@@ -75,7 +72,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     # without CUDA these tests run, and fail if the interpreter was turned off
-    if _triton_interpreted() or not torch.cuda.is_available():
+    if not torch.cuda.is_available():
+        return
+    from compemb.kernels import triton_interpreted  # imports triton (with TRITON_INTERPRET settled above)
+
+    if triton_interpreted():
         return
     skip = pytest.mark.skip(reason="Triton on CPU tensors needs TRITON_INTERPRET=1; CUDA is available, so "
                                    "Triton is compiled here (run with TRITON_INTERPRET=1 to include these)")

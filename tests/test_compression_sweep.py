@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import _tiny_data
+from compemb.compression import size_for_ratio
 from compemb.options import METHODS
 from dlrm.train import train
 
@@ -39,6 +40,9 @@ def test_every_method_trains_in_the_dlrm_loop_at_a_compression_ratio(method):
         # method reaches 4x, and never larger than full
         assert r["tables"]["b"] == 7 * 4
         assert r["embedding_params"] < full
+        for name, n in (("a", 60), ("c", 300)):
+            reached = size_for_ratio(method, n, 4, 4, strict=False).reached
+            assert r["tables"][name] <= (n * 4 // 4 if reached else n * 4), (name, reached)
 
 
 class _ForcedTrial:

@@ -21,44 +21,18 @@ from compemb.distributed import (  # noqa: E402
     to_torchrec_configs,
 )
 
+from _distributed_cases import configs as all_method_configs, global_batch, kjt_of, reference_outputs  # noqa: E402
+
 C = EmbeddingBagConfig
 
 # every method, composition and lookup the rewrite serves (replicate_rows=100 below)
-CONFIGS = [
-    C("full", 3000, 8),
-    C("hash", 3000, 8, method="hash"),
-    C("qr", 3000, 8, method="qr"),
-    C("qr_add", 3000, 8, method="qr", operation="add", mode="mean"),
-    C("qr_cat", 3000, 8, method="qr", operation="concat"),
-    C("qr_after", 3000, 8, method="qr", compose="after_pool", mode="mean"),
-    C("gqr", 30000, 8, method="gqr"),
-    C("crt", 3_000_000, 8, method="crt", k=3),
-    C("md", 3000, 8, method="md", md_dim=4),
-    C("path", 3000, 8, method="path", mode="mean"),
-    C("path_mlp", 3000, 8, method="path", hidden_dims=(5,)),
-]
+CONFIGS = all_method_configs()
 POOLING = {c.name: 3.0 for c in CONFIGS}
-
-
-def make_batch(configs, batch, seed, max_len=4):
-    g = torch.Generator().manual_seed(seed)
-    lengths = [torch.randint(0, max_len, (batch,), generator=g) for _ in configs]
-    values = [torch.randint(0, c.num_embeddings, (int(ln.sum()),), generator=g) for c, ln in zip(configs, lengths)]
-    kjt = KeyedJaggedTensor.from_lengths_sync([c.name for c in configs], torch.cat(values), torch.cat(lengths))
-    return kjt, values, lengths
-
-
-def reference(modules, configs, values, lengths):
-    out = {}
-    for c, v, ln in zip(configs, values, lengths):
-        offsets = torch.cat([torch.zeros(1, dtype=torch.long), ln.cumsum(0)[:-1]])
-        out[c.name] = modules[c.name](v, offsets)
-    return out
 
 
 @pytest.mark.parametrize("lookups", [
     {},
-    {"qr": "split", "path": "split", "gqr": "per_index"},
+    {"qr_split": "split", "path": "split", "gqr": "per_index"},
     {c.name: "per_index" for c in CONFIGS},
 ], ids=["auto", "split", "per_index"])
 def test_rewrite_equals_single_process_modules(lookups):
@@ -67,11 +41,11 @@ def test_rewrite_equals_single_process_modules(lookups):
     with torch.random.fork_rng():
         torch.manual_seed(3)
         built = {c.name: build_embedding_bag(c) for c in CONFIGS}
-    kjt, values, lengths = make_batch(CONFIGS, 7, seed=1)
-    out = coll(kjt)
+    bags = global_batch(CONFIGS, 7, seed=1)
+    out = coll(kjt_of(CONFIGS, bags, 0, 7))
     assert isinstance(out, KeyedTensor) and out.keys() == [c.name for c in CONFIGS]
     got = out.to_dict()
-    for name, want in reference(built, CONFIGS, values, lengths).items():
+    for name, want in reference_outputs(built, CONFIGS, bags, 0, 7).items():
         torch.testing.assert_close(got[name], want, atol=1e-6, rtol=1e-5, msg=name)
     # and the gradients reach every table
     out.values().square().sum().backward()
@@ -180,7 +154,7 @@ def test_dlrm_trains_with_the_collection_unchanged():
     torch.manual_seed(0)
     model = DLRM(embedding_bag_collection=coll, dense_in_features=4, dense_arch_layer_sizes=[8, 8],
                  over_arch_layer_sizes=[4, 1])
-    kjt, _, _ = make_batch(configs, 16, seed=2, max_len=6)
+    kjt = kjt_of(configs, global_batch(configs, 16, seed=2), 0, 16)
     dense = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
     labels = (torch.arange(16) % 2).float()
     before = {k: v.clone() for k, v in coll.state_dict().items()}
@@ -241,10 +215,17 @@ def test_dry_run_plans_every_method_on_meta():
     assert p.parameters == sum(4 * 16 + -(-n // 4) * 16 for n in (2_000_000, 50_000, 300))
     sharded = [t for t in p.tables if t.sharding_type != "replicated"]
     assert {t.table for t in sharded} == {"C0__t1", "C1__t1"}  # the quotients; remainders replicated
-    # one-hot pooled features: 3 TorchRec features of 16 floats, 8-byte ids (no row-wise here)
-    if all(t.sharding_type in ("table_wise", "column_wise", "data_parallel") for t in sharded):
-        dp = [t for t in sharded if t.sharding_type == "data_parallel"]
-        assert p.all_to_all_bytes == (2 - len(dp)) * 128 * (8 + 2 * 16 * 4)
+    # one-hot pooled features of 16 floats, 8-byte ids: per sharded table and step, the ids go out once per
+    # column shard and the pooled vectors out and back once per row shard (each row shard returns a partial
+    # sum; TorchRec's planner picks row_wise for both quotients here); data-parallel tables send nothing
+    expected = 0
+    for t in sharded:
+        if t.sharding_type == "data_parallel":
+            continue
+        col_shards = len(t.shard_cols) if t.sharding_type in ("column_wise", "table_column_wise") else 1
+        row_shards = len(t.shard_rows) if t.sharding_type in ("row_wise", "table_row_wise") else 1
+        expected += 128 * (8 * col_shards + 2 * 16 * 4 * row_shards)
+    assert expected > 0 and p.all_to_all_bytes == expected
     with pytest.raises(ValueError, match="no plan.*'C0__t0'"):
         dry_run([C("C0", 100_000_000, 64)], 2, method="full", hbm_gb=0.5)
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from compemb import functional as CF
 from compemb.kernels import get_backend, resolve_backend
 from compemb.options import BagOptions
+from _bags import combine_ref
 from _reference import crt_sizes
 
 OPS = CF.OPERATIONS
@@ -23,16 +24,6 @@ COMPOSES = CF.COMPOSES
 
 # ----------------------------------------------------------------------------------------------
 # a naive per-index Python loop: the definition, written as plainly as possible
-
-
-def combine_ref(vectors, operation):
-    """One vector (or one batch of rows) per table, combined: concatenated, multiplied or added."""
-    if operation == "concat":
-        return torch.cat(vectors, dim=-1)
-    acc = vectors[0]
-    for v in vectors[1:]:
-        acc = acc * v if operation == "mult" else acc + v
-    return acc
 
 
 def naive_bag(codes, offsets, weights, operation, mode, compose, psw=None):

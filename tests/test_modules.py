@@ -22,6 +22,7 @@ from compemb.partitions import (
     naive,
     quotient_remainder,
 )
+from _bags import combine_ref
 
 OPS = CF.OPERATIONS
 MODES = CF.MODES
@@ -36,14 +37,6 @@ def naive_module_output(weights, codes_of, bags, operation, mode, compose, psw=N
     width = sum(w.shape[1] for w in ws) if operation == "concat" else ws[0].shape[1]
     out = torch.zeros(len(bags), width, dtype=torch.float64)
 
-    def combine(vs):
-        if operation == "concat":
-            return torch.cat(vs)
-        acc = vs[0]
-        for v in vs[1:]:
-            acc = acc * v if operation == "mult" else acc + v
-        return acc
-
     def pool(vs):
         if mode == "max":
             return torch.stack(vs).max(0).values
@@ -55,9 +48,10 @@ def naive_module_output(weights, codes_of, bags, operation, mode, compose, psw=N
             continue
         scales = [1.0] * len(bag) if psw is None else psw[b]
         if compose == "before_pool":
-            out[b] = pool([combine([ws[i][c] for i, c in enumerate(codes_of(x))]) * s for x, s in zip(bag, scales)])
+            out[b] = pool([combine_ref([ws[i][c] for i, c in enumerate(codes_of(x))], operation) * s
+                           for x, s in zip(bag, scales)])
         else:
-            out[b] = combine([pool([ws[i][codes_of(x)[i]] * s for x, s in zip(bag, scales)]) for i in range(k)])
+            out[b] = combine_ref([pool([ws[i][codes_of(x)[i]] * s for x, s in zip(bag, scales)]) for i in range(k)], operation)
     return out
 
 

@@ -4,7 +4,6 @@ truly, sizes of every integer type accepted, clear errors for integer tables and
 ``compemb --version`` and ``python -m compemb``."""
 from __future__ import annotations
 
-import io
 import re
 import subprocess
 import sys
@@ -29,22 +28,16 @@ from compemb import (
     quantize,
 )
 from compemb import functional as CF
+from compemb import kernels
 from compemb.partitions import chinese_remainder, generalized_qr, quotient_remainder
 from compemb.plan import plan_table
+from _bags import round_trip
 from _doctests import run_doctests
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # torch deprecates both; they are exercised here to show that they are refused clearly
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
-
-
-def _fbgemm_available() -> bool:
-    try:
-        import fbgemm_gpu  # noqa: F401
-    except Exception:
-        return False
-    return True
 
 
 # every module of the library, small; the first call's bags are [0, 2) and [2, 3)
@@ -94,7 +87,7 @@ def test_jit_trace_of_the_functional_core_is_refused():
         torch.jit.trace(f, (torch.tensor([1, 2, 3]), torch.tensor([0, 2])))
 
 
-@pytest.mark.skipif(not _fbgemm_available(), reason="fbgemm_gpu does not import here")
+@pytest.mark.skipif("fbgemm" not in kernels.available_backends(), reason="fbgemm_gpu does not import here")
 def test_jit_trace_and_script_of_a_quantized_bag_are_refused():
     q = quantize(QREmbeddingBag(10, 4, 3, mode="sum"), 8)
     with pytest.raises(RuntimeError, match="QuantizedEmbeddingBag.*torch.jit.trace"):
@@ -177,13 +170,6 @@ def test_quantize_refuses_non_finite_compositional_and_plain_tables():
 
 
 # -- 3. the state dict carries the mapping ----------------------------------------------------------
-def _roundtrip(state):
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 def test_qr_state_refused_by_a_crt_module_of_the_same_shapes():
     torch.manual_seed(0)
     qr = CompositionalEmbeddingBag(12, 4, family=quotient_remainder(12, 3), mode="sum")
@@ -191,7 +177,7 @@ def test_qr_state_refused_by_a_crt_module_of_the_same_shapes():
     assert [w.shape for w in qr.weights] == [w.shape for w in crt.weights]
     before = [w.detach().clone() for w in crt.weights]
     with pytest.raises(RuntimeError, match=r"(?s)RemainderPartition.*ResiduePartition|ResiduePartition.*Remainder"):
-        crt.load_state_dict(_roundtrip(qr.state_dict()))
+        crt.load_state_dict(round_trip(qr.state_dict()))
     # nothing was overwritten
     for w, b in zip(crt.weights, before):
         assert torch.equal(w, b)
@@ -239,7 +225,7 @@ def _assert_same_outputs(a, b):
 
 def test_state_round_trips_through_the_safe_loader(two_modules):
     a, b = two_modules
-    state = _roundtrip(a.state_dict())
+    state = round_trip(a.state_dict())
     assert "_extra_state" in state
     assert b.load_state_dict(state) is not None
     _assert_same_outputs(a, b)

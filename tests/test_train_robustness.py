@@ -16,6 +16,7 @@ import dlrm.train as T
 from dlrm.checkpoint import CheckpointError, load_checkpoint
 from dlrm.cli import train_main
 from dlrm.train import CHECKPOINT_NAME, TrainConfig, TrainingCollapsedError, train
+from _criteo_text import random_line, write_lines
 from _tiny_data import small_config, tiny_dataset, train_killed_at
 
 TIME_KEYS = {"wall_time_s", "samples_per_s"}
@@ -328,22 +329,15 @@ def test_a_normal_run_raises_no_warning_of_our_own(tmp_path):
 
 
 # -- item 1: malformed Criteo lines are reported, --strict refuses them --------------------------
-def _criteo_line(rng, label=None):
-    label = int(rng.integers(0, 2)) if label is None else label
-    dense = [str(int(x)) for x in rng.integers(0, 20, 13)]
-    cats = [format(int(x), "08x") for x in rng.integers(0, 30, 26)]
-    return "\t".join([str(label)] + dense + cats)
-
-
 def _write_criteo(path, n, bad_every=None, seed=0):
     rng = np.random.default_rng(seed)
     lines = []
     for i in range(1, n + 1):
-        line = _criteo_line(rng)
+        line = random_line(rng, malformed_rate=0.0, vocab=30)  # well-formed
         if bad_every and i % bad_every == 0:
             line = "7" + line[1:]  # a bad label
         lines.append(line)
-    path.write_text("\n".join(lines) + "\n")
+    write_lines(path, lines)
     return [i for i in range(1, n + 1) if bad_every and i % bad_every == 0]
 
 

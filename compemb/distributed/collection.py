@@ -42,20 +42,14 @@ from torchrec.modules.embedding_modules import (
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from compemb.config import EmbeddingBagConfig, build_embedding_bag
+from compemb.distributed.interop import POOLING_TYPES
 from compemb.distributed.layout import REPLICATE_ROWS, FeatureLayout, feature_layout
 from compemb.functional import combine, encode_validated, pool_rows
+from compemb.path import compose_path
 
 __all__ = ["ShardableEmbeddingBagCollection"]
 
 TableSpec = Union[EmbeddingBagConfig, Tuple[str, nn.Module]]
-
-
-def _pooling(mode: str) -> PoolingType:
-    return PoolingType.SUM if mode == "sum" else PoolingType.MEAN
-
-
-def _activation(name: str) -> Any:
-    return (lambda x: x) if name == "identity" else getattr(F, name)
 
 
 def _meta_twin(module: nn.Module) -> nn.Module:
@@ -181,7 +175,7 @@ class ShardableEmbeddingBagCollection(EmbeddingBagCollectionInterface):
                         name=t.name, num_embeddings=t.rows, embedding_dim=t.dim, feature_names=[t.name]))
                 else:
                     features = lay.kjt_features() if lay.lookup == "split" else [t.name]
-                    pooling = PoolingType.SUM if lay.lookup == "split" else _pooling(lay.mode)
+                    pooling = PoolingType.SUM if lay.lookup == "split" else POOLING_TYPES[lay.mode]
                     bag_tables.append(TorchRecEmbeddingBagConfig(
                         name=t.name, num_embeddings=t.rows, embedding_dim=t.dim, feature_names=features,
                         pooling=pooling))
@@ -227,7 +221,7 @@ class ShardableEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         (uncompressed) tables would report them: what ``torchrec.models.dlrm.DLRM`` reads."""
         return [TorchRecEmbeddingBagConfig(name=lay.name, num_embeddings=lay.num_embeddings,
                                            embedding_dim=lay.embedding_dim, feature_names=[lay.name],
-                                           pooling=_pooling(lay.mode)) for lay in self.layouts]
+                                           pooling=POOLING_TYPES[lay.mode]) for lay in self.layouts]
 
     def is_weighted(self) -> bool:
         return False
@@ -448,18 +442,8 @@ class ShardableEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         parts = [rows[t.name] if t.sharded else F.embedding(codes[t.index], self._table(lay, t.index))
                  for t in lay.tables]
         if lay.operation == "path":
-            x = parts[0]
-            act = _activation(getattr(self._twins[lay.name], "activation", "identity"))
             path_maps: Any = self.path_maps[lay.name]
-            for j, class_maps in enumerate(path_maps):
-                classes = codes[j + 1]
-                last = len(class_maps.weights) - 1
-                for layer, weight in enumerate(class_maps.weights):
-                    x = torch.bmm(x.unsqueeze(1), weight[classes]).squeeze(1)
-                    if class_maps.biases is not None:
-                        x = x + class_maps.biases[layer][classes]
-                    if layer < last:
-                        x = act(x)
+            x = compose_path(parts[0], codes[1:], path_maps, getattr(self._twins[lay.name], "activation", "identity"))
             return pool_rows(x, offsets, lay.mode)
         if lay.method == "compositional" and lay.compose == "after_pool":
             return combine([pool_rows(p, offsets, lay.mode) for p in parts], lay.operation)

@@ -29,11 +29,13 @@ from torchrec.modules.embedding_configs import DataType, PoolingType
 from torchrec.modules.embedding_configs import EmbeddingBagConfig as TorchRecEmbeddingBagConfig
 
 from compemb.config import EmbeddingBagConfig
+from compemb.functional import check_int
 from compemb.options import check_method
 
 __all__ = ["to_torchrec_configs", "from_torchrec_configs", "TorchRecEmbeddingBagConfig"]
 
-_POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
+#: compemb pooling mode -> TorchRec ``PoolingType`` (the modes TorchRec pools with)
+POOLING_TYPES = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
 
 
 def to_torchrec_configs(configs: Sequence[EmbeddingBagConfig]) -> List[TorchRecEmbeddingBagConfig]:
@@ -54,11 +56,11 @@ def to_torchrec_configs(configs: Sequence[EmbeddingBagConfig]) -> List[TorchRecE
     for c in configs:
         if not isinstance(c, EmbeddingBagConfig):
             raise TypeError(f"to_torchrec_configs: expected compemb.config.EmbeddingBagConfig, got {type(c).__name__}")
-        if c.mode not in _POOLING:
+        if c.mode not in POOLING_TYPES:
             raise ValueError(f"table {c.name!r}: mode={c.mode!r} has no TorchRec PoolingType (sum, mean)")
         out.append(TorchRecEmbeddingBagConfig(name=c.name, num_embeddings=c.num_embeddings,
                                               embedding_dim=c.embedding_dim, feature_names=[c.name],
-                                              pooling=_POOLING[c.mode]))
+                                              pooling=POOLING_TYPES[c.mode]))
     return out
 
 
@@ -83,9 +85,8 @@ def from_torchrec_configs(
             sum/mean, naming the table; bad options (as ``EmbeddingBagConfig`` raises them).
     """
     check_method(method)
-    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
-        raise ValueError(f"threshold must be an int >= 0, got {threshold!r}")
-    modes = {v: k for k, v in _POOLING.items()}
+    threshold = check_int("threshold", threshold, 0, "from_torchrec_configs")
+    modes = {v: k for k, v in POOLING_TYPES.items()}
     out = []
     for t in tables:
         if not isinstance(t, TorchRecEmbeddingBagConfig):

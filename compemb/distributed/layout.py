@@ -41,11 +41,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from torch import nn
 
 from compemb.baselines import HashEmbeddingBag, MixedDimEmbeddingBag
+from compemb.functional import check_int
+from compemb.kernels import exactness_reason
 from compemb.modules import CompositionalEmbeddingBag
 from compemb.options import DISTRIBUTED_LOOKUPS, check_choice
 from compemb.partitions import PartitionFamily, naive
@@ -80,6 +82,13 @@ class ComponentTable:
     rows: int
     dim: int
     sharded: bool
+
+
+def _class_partitions(operation: str, family: PartitionFamily, tables: Sequence[ComponentTable]) -> List[int]:
+    """The partitions a split resolves locally: a path's map partitions, else the replicated tables'."""
+    if operation == "path":
+        return list(range(1, family.k))
+    return [t.index for t in tables if not t.sharded]
 
 
 @dataclass(frozen=True)
@@ -131,9 +140,7 @@ class FeatureLayout:
     @property
     def class_partitions(self) -> List[int]:
         """The partitions whose classes are resolved locally in a split (replicated tables, path maps)."""
-        if self.operation == "path":
-            return list(range(1, self.family.k))
-        return [t.index for t in self.local_tables]
+        return _class_partitions(self.operation, self.family, self.tables)
 
     def kjt_features(self) -> List[str]:
         """The rewritten TorchRec features of this feature, in order."""
@@ -158,11 +165,6 @@ class FeatureLayout:
         return self.pooling_factor * len(self.sharded_tables)
 
 
-def _mode_of(module: nn.Module) -> str:
-    """The pooling mode of an embedding-bag module."""
-    return str(getattr(module, "mode", ""))
-
-
 def _describe(name: str, module: nn.Module) -> Tuple[str, PartitionFamily, str, List[int], bool, bool]:
     """(method, family, operation, table widths, pooled_exact, split_possible) of a built module."""
     where = f"feature {name!r}"
@@ -174,7 +176,7 @@ def _describe(name: str, module: nn.Module) -> Tuple[str, PartitionFamily, str, 
         raise ValueError(f"{where}: mode={mode!r}: TorchRec pools with 'sum' or 'mean' only")
     if isinstance(module, CompositionalEmbeddingBag):
         fam, op = module.family, module.operation
-        exact = fam.k == 1 or op in ("add", "concat") or module.compose == "after_pool"
+        exact = exactness_reason(op, mode, module.compose, fam.k) is None  # per-table pooling is exact
         return "compositional", fam, op, list(module.dims), exact, op == "mult" and fam.k > 1
     if isinstance(module, PathEmbeddingBag):
         return "path", module.family, "path", [module.embedding_dim], False, not module.hidden_dims
@@ -220,8 +222,7 @@ def feature_layout(
     check_choice("lookup", lookup, DISTRIBUTED_LOOKUPS, where)
     if not (isinstance(pooling_factor, (int, float)) and math.isfinite(pooling_factor) and pooling_factor > 0):
         raise ValueError(f"{where}: pooling_factor must be a finite number > 0, got {pooling_factor!r}")
-    if isinstance(replicate_rows, bool) or not isinstance(replicate_rows, int) or replicate_rows < 0:
-        raise ValueError(f"replicate_rows must be an int >= 0, got {replicate_rows!r}")
+    replicate_rows = check_int("replicate_rows", replicate_rows, 0, where)
     method, family, operation, widths, pooled_exact, split_possible = _describe(name, module)
     n_tables = 1 if operation == "path" else family.k
     tables = tuple(
@@ -230,8 +231,7 @@ def feature_layout(
         for i in range(n_tables)
     )
     sharded = [t for t in tables if t.sharded]
-    class_parts = list(range(1, family.k)) if operation == "path" else [t.index for t in tables if not t.sharded]
-    classes = math.prod(int(family.table_sizes[i]) for i in class_parts)
+    classes = math.prod(int(family.table_sizes[i]) for i in _class_partitions(operation, family, tables))
     split_reason: Optional[str] = None
     if not split_possible:
         split_reason = ("it is exact pooled" if pooled_exact else
@@ -258,7 +258,7 @@ def feature_layout(
         raise ValueError(f"{where}: lookup='pooled' cannot apply per-class path maps; use 'split' or 'per_index'")
     return FeatureLayout(
         name=name, method=method, num_embeddings=family.n, embedding_dim=int(getattr(module, "embedding_dim", 0)),
-        mode=str(_mode_of(module)), family=family, operation=operation, tables=tables, lookup=lookup,
+        mode=str(getattr(module, "mode", "")), family=family, operation=operation, tables=tables, lookup=lookup,
         pooling_factor=float(pooling_factor), one_hot=lookup == "pooled" and not pooled_exact,
         split_classes=classes if lookup == "split" else 1,
         hidden_dims=tuple(getattr(module, "hidden_dims", ())) if operation == "path" else (),

@@ -124,8 +124,16 @@ def _placements(coll: Any, sharding_plan: Any, world_size: int) -> List[TablePla
     return out
 
 
-def _traffic(coll: Any, placements: List[TablePlacement], world_size: int, batch: int) -> Tuple[float, float]:
-    """(all-to-all, allreduce) bytes per rank and step (module docstring)."""
+def _dense_extra_bytes(coll: Any) -> float:
+    """Bytes of the replicated parameters outside the component tables: md projections, path maps."""
+    extra = sum(v.numel() * 4 for k, v in coll.replicated.items() if k.endswith("__projection"))
+    return float(extra + sum(v.numel() * 4 for v in coll.path_maps.parameters()))
+
+
+def _traffic(coll: Any, placements: List[TablePlacement], world_size: int, batch: int,
+             extra_bytes: float) -> Tuple[float, float]:
+    """(all-to-all, allreduce) bytes per rank and step (module docstring); ``extra_bytes``: the
+    replicated parameters outside the tables (:func:`_dense_extra_bytes`)."""
     where = {p.table: p for p in placements}
     a2a = 0.0
     replicated = 0.0
@@ -147,12 +155,7 @@ def _traffic(coll: Any, placements: List[TablePlacement], world_size: int, batch
                 else:
                     out = batch * t.dim * 4 * row_shards
                 a2a += ids + 2 * out
-    for name, param in coll.replicated.items():
-        if not name.endswith("__projection"):
-            continue
-        replicated += param.numel() * 4
-    for param in coll.path_maps.parameters():
-        replicated += param.numel() * 4
+    replicated += extra_bytes
     return a2a, replicated * 2 * (world_size - 1) / world_size
 
 
@@ -203,10 +206,9 @@ def dry_run(
                 per_rank[r] += sr * sc * 4
         else:
             per_rank[p.ranks[0]] += p.rows * p.dim * 4
-    extra = sum(v.numel() * 4 for k, v in coll.replicated.items() if k.endswith("__projection"))
-    extra += sum(v.numel() * 4 for v in coll.path_maps.parameters())
+    extra = _dense_extra_bytes(coll)
     per_rank = [b + extra for b in per_rank]
-    a2a, allreduce = _traffic(coll, placements, world_size, local_batch_size)
+    a2a, allreduce = _traffic(coll, placements, world_size, local_batch_size, extra)
     return MethodPlan(method, world_size, params, placements, per_rank, a2a, allreduce)
 
 

@@ -37,6 +37,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from compemb.distributed.collection import ShardableEmbeddingBagCollection
+from compemb.functional import check_int
 from compemb.options import SHARDING_TYPES, check_choice
 
 __all__ = [
@@ -205,8 +206,7 @@ def plan(
             process_group = dist.GroupMember.WORLD
         assert process_group is not None
         world_size = process_group.size()
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+    world_size = check_int("world_size", world_size, 1, "plan")
     topology = Topology(world_size=world_size, compute_device=compute_device, hbm_cap=hbm_cap,
                         local_world_size=local_world_size or world_size)
     planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size,

@@ -11,14 +11,13 @@ Example::
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
-from compemb.options import MODES, check_mode
+from compemb.options import MODES, check_max_norm, check_mode
 from compemb.partitions import MAX_N
+from compemb.partitions._numeric import as_int
 
 __all__ = [
     "BagInput",
@@ -66,7 +65,8 @@ def check_int(name: str, value: Any, minimum: Optional[int] = 1, owner: str = ""
 
     Python ints, numpy integers (facebookresearch/dlrm passes table sizes as ``np.int64``) and
     0-d integer tensors are accepted; bools (``bool``, ``np.bool_``, bool tensors), floats and
-    everything else are refused rather than truncated.
+    everything else are refused rather than truncated (the rule of
+    ``compemb.partitions._numeric.as_int``, which the partition constructors use too).
 
     Raises:
         TypeError: not an integer, naming ``owner``, ``name`` and the value.
@@ -80,18 +80,9 @@ def check_int(name: str, value: Any, minimum: Optional[int] = 1, owner: str = ""
         >>> check_int("num_embeddings", np.int64(1460))
         1460
     """
-    prefix = f"{owner}: " if owner else ""
-    is_tensor = isinstance(value, torch.Tensor)
-    if (
-        isinstance(value, (bool, np.bool_))
-        or (is_tensor and (value.dtype == torch.bool or value.dim() != 0))
-    ):
-        raise TypeError(f"{prefix}{name} must be an int, got {value!r} ({type(value).__name__})")
-    try:
-        result = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{prefix}{name} must be an int, got {value!r} ({type(value).__name__})") from None
+    result = as_int(value, name, owner)
     if minimum is not None and result < minimum:
+        prefix = f"{owner}: " if owner else ""
         raise ValueError(f"{prefix}{name} must be >= {minimum}, got {result}")
     return result
 
@@ -189,17 +180,6 @@ def jit_unsupported_error(name: str, how: str) -> RuntimeError:
     return RuntimeError(
         f"{name}: {how} is not supported ({why}); use torch.compile(module) or eager mode instead"
     )
-
-
-def check_max_norm(max_norm: Optional[float], name: str = "embedding bag") -> Optional[float]:
-    """``None`` or a finite number ``> 0`` (a negative ``max_norm`` would flip the rows' signs)."""
-    if max_norm is None:
-        return None
-    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)):
-        raise TypeError(f"{name}: max_norm must be None or a number > 0, got {max_norm!r}")
-    if not math.isfinite(max_norm) or max_norm <= 0:
-        raise ValueError(f"{name}: max_norm must be None or a finite number > 0, got max_norm={max_norm!r}")
-    return max_norm
 
 
 def check_per_sample_weights_dtype(

@@ -10,7 +10,7 @@ Example::
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Sequence, Union, cast
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import torch
 
@@ -80,7 +80,8 @@ def compositional_embedding_bag(
             norm_type=norm_type, scale_grad_by_freq=scale_grad_by_freq, bag_len=bag_len,
         )
     if isinstance(backend, str):
-        options = backend_options(weights, operation, mode, compose, psw is not None, sparse, max_norm)
+        options = backend_options(weights, operation, mode, compose, psw is not None, sparse, max_norm,
+                                  scale_grad_by_freq)
         backend = resolve_backend(backend, options)
     extras = kernel_extras(sparse, max_norm, norm_type, scale_grad_by_freq)
     return backend.embedding_bag(codes, full_offsets, weights, operation, mode, compose, psw, **extras)
@@ -94,6 +95,7 @@ def backend_options(
     per_sample_weights: bool = False,
     sparse: bool = False,
     max_norm: Optional[float] = None,
+    scale_grad_by_freq: bool = False,
 ) -> BagOptions:
     """The :class:`compemb.options.BagOptions` of a call over ``weights``, to resolve a backend with.
 
@@ -109,6 +111,7 @@ def backend_options(
         operation=operation, mode=mode, compose=compose, k=len(weights), dtype=weights[0].dtype,
         device=weights[0].device, per_sample_weights=per_sample_weights, sparse=sparse, max_norm=max_norm,
         requires_grad=torch.is_grad_enabled() and any(w.requires_grad for w in weights),
+        scale_grad_by_freq=scale_grad_by_freq,
     )
 
 
@@ -117,7 +120,7 @@ def encode_validated(family: "PartitionFamily", flat: torch.Tensor) -> torch.Ten
 
     ``PartitionFamily.encode`` validates its input again (an ``aminmax`` and, on CUDA, a device
     sync); after :func:`compemb.functional.bag_input` that is redundant, so this writes the codes
-    with ``family.encode_into``. Families without it fall back to ``encode``.
+    with ``family.encode_into`` (which every :class:`~compemb.partitions.PartitionFamily` has).
 
     Example::
 
@@ -125,9 +128,6 @@ def encode_validated(family: "PartitionFamily", flat: torch.Tensor) -> torch.Ten
         >>> encode_validated(quotient_remainder(10, 4), torch.tensor([0, 9])).tolist()
         [[0, 1], [0, 2]]
     """
-    into = getattr(family, "encode_into", None)
-    if into is None:
-        return cast(torch.Tensor, family.encode(flat))  # (a tensor in, a tensor out)
     out = torch.empty((family.k, flat.shape[0]), dtype=torch.long, device=flat.device)
-    into(flat, out)
+    family.encode_into(flat, out)
     return out

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type
 
+from compemb._lazy import load_export
 from compemb.kernels._base import (
     Backend,
     BackendUnavailableError,
@@ -93,9 +94,7 @@ _IMPORT_ERRORS: Dict[str, str] = {}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return load_export(globals(), _LAZY, name)
 
 
 def _load(name: str) -> Optional[Backend]:
@@ -149,11 +148,11 @@ def resolve_backend(name: str, options: BagOptions) -> Backend:
         candidates = [b for b in (_load(n) for n in _REGISTRY) if b is not None]
         candidates.sort(key=lambda b: -b.priority)
         for backend in candidates:
-            if backend.unsupported_reason(options) is None:
+            if backend.refusal(options) is None:
                 return backend
         raise BackendUnavailableError(f"no backend serves {options}")  # pragma: no cover
     backend = get_backend(name)
-    reason = backend.unsupported_reason(options)
+    reason = backend.refusal(options)
     if reason is not None:
         raise BackendUnavailableError(f"backend {name!r} cannot serve this configuration: {reason}")
     return backend

@@ -55,6 +55,10 @@ class Backend(abc.ABC):
     Subclasses set ``name``, ``priority`` (higher is preferred by ``"auto"``) and ``extras`` (the
     keyword arguments beyond the contract they take) and implement :meth:`unsupported_reason`
     and :meth:`kernel`.
+
+    One rule holds for every backend without being written in each: options outside ``extras``
+    (``sparse=True``, a ``max_norm``, ``scale_grad_by_freq=True``) are refused by
+    :meth:`extras_reason`; :meth:`refusal` asks both.
     """
 
     name: ClassVar[str] = "abstract"
@@ -62,9 +66,27 @@ class Backend(abc.ABC):
     #: the keyword arguments of :func:`compemb.functional.kernel_extras` this backend takes
     extras: ClassVar[FrozenSet[str]] = frozenset()
 
+    def refusal(self, options: BagOptions) -> Optional[str]:
+        """Why this backend cannot compute ``options`` exactly (its own :meth:`unsupported_reason`,
+        then any option outside :attr:`extras`), or ``None``: what the registry asks."""
+        return self.unsupported_reason(options) or self.extras_reason(options)
+
+    def extras_reason(self, options: BagOptions) -> Optional[str]:
+        """Why ``options`` ask for a keyword argument outside :attr:`extras`, or ``None``."""
+        asked = {
+            "sparse": "sparse=True gradients" if options.sparse else None,
+            "max_norm": f"max_norm={options.max_norm}" if options.max_norm is not None else None,
+            "scale_grad_by_freq": "scale_grad_by_freq=True" if options.scale_grad_by_freq else None,
+        }
+        for extra, what in asked.items():
+            if what is not None and extra not in self.extras:
+                return f"{what} (the {self.name} backend does not take {extra})"
+        return None
+
     @abc.abstractmethod
     def unsupported_reason(self, options: BagOptions) -> Optional[str]:
-        """``None`` when this backend computes ``options`` exactly, else why not."""
+        """``None`` when this backend computes ``options`` exactly, else why not (options outside
+        :attr:`extras` need no check here: :meth:`refusal` adds :meth:`extras_reason`)."""
 
     @abc.abstractmethod
     def kernel(self) -> Callable[..., torch.Tensor]:

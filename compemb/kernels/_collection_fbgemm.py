@@ -19,6 +19,7 @@ computation in PyTorch otherwise). ``fbgemm_gpu`` is imported when the tables ar
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, cast
 
@@ -32,7 +33,15 @@ from compemb.kernels._base import (
     JaggedBags,
     LookupInput,
 )
-from compemb.kernels._collection_input import bag_lengths, check_range, pack_features, raise_out_of_range
+from compemb.kernels._collection_input import (
+    PackedBags,
+    bag_lengths,
+    offsets_flags,
+    pack_deferred,
+    raise_bad_offsets,
+    raise_failed,
+    raise_out_of_range,
+)
 from compemb.kernels._native import NativeKernels, native_kernels
 from compemb.kernels._pooled import dense_tbe_lookup
 from compemb.kernels._small_tables import (
@@ -66,7 +75,7 @@ def _make_tbe(shapes: List[Tuple[int, int]], optimizer: Optional[str], learning_
         return DenseTableBatchedEmbeddingBagsCodegen(shapes, pooling_mode=PoolingMode.SUM, use_cpu=on_cpu).to(device)
     location = EmbeddingLocation.HOST if on_cpu else EmbeddingLocation.DEVICE
     compute = ComputeDevice.CPU if on_cpu else ComputeDevice.CUDA
-    opt = {"exact_sgd": EmbOptimType.EXACT_SGD, "exact_rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD}[optimizer]
+    opt = EmbOptimType[optimizer.upper()]  # (the values differ: 'exact_row_wise_adagrad')
     # the collection checks every index before the lookup: FBGEMM's own check would repeat it
     return SplitTableBatchedEmbeddingBagsCodegen(
         [(r, d, location, compute) for r, d in shapes],
@@ -80,8 +89,10 @@ def _tbe(module: nn.Module) -> Any:
     return module.get_submodule("tbe")
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu_ops_reason() -> Optional[str]:
-    """``None`` when FBGEMM's CPU training operators can be called directly."""
+    """``None`` when FBGEMM's CPU training operators can be called directly (asked once: the
+    collection has imported ``fbgemm_gpu`` when it builds its tables, before any lookup)."""
     try:
         ops = torch.ops.fbgemm
         for name in ("split_embedding_codegen_forward_cpu", "split_embedding_backward_codegen_sgd_cpu",
@@ -220,8 +231,9 @@ class FbgemmCollection(CollectionBackend):
         self.plan = SmallTablePlan(self.specs)
         self.names = [s.name for s in self.specs]
         self.workspaces = _Workspaces()
-        self._meta: Dict[Tuple[int, ...], Dict[str, Any]] = {}
+        self._meta: Dict[Tuple[torch.device, Tuple[int, ...]], Dict[str, Any]] = {}
         self._placeholder = torch.zeros(0, requires_grad=True)
+        self._nums: Dict[torch.device, torch.Tensor] = {}
         #: use the native kernels when they build (tests turn this off to check the torch path)
         self.use_native = True
         #: call FBGEMM's CPU operators directly with a fused optimizer (tests turn this off)
@@ -303,25 +315,31 @@ class FbgemmCollection(CollectionBackend):
 
     # -- lookup ---------------------------------------------------------------------------------
     def slot_meta(self, tbe: Any, slot_tables: Sequence[int]) -> Dict[str, Any]:
-        """FBGEMM's per-feature arrays for a batch whose TBE features ("slots") map to these tables."""
-        key = tuple(slot_tables)
+        """FBGEMM's per-feature arrays for a batch whose TBE features ("slots") map to these tables.
+
+        On the TBE's device (cached per device: the module may move) and never inference tensors
+        (the first lookup may run under ``torch.inference_mode()``, a later one under autograd).
+        """
+        hcum = tbe.hash_size_cumsum
+        device = hcum.device
+        key = (device, tuple(slot_tables))
         meta = self._meta.get(key)
         if meta is None:
-            idx = torch.tensor(list(slot_tables), dtype=torch.long)
             widths = [self.plan.tbe_shapes[t][1] for t in slot_tables]
-            D = torch.tensor([0] + widths, dtype=torch.int32).cumsum(0).to(torch.int32)
-            hcum = tbe.hash_size_cumsum
-            meta = {
-                "weights_offsets": tbe.weights_offsets[idx].contiguous(),
-                "D_offsets": D,
-                "total_D": int(D[-1]),
-                "hash_size_cumsum": torch.cat([hcum[idx], hcum[-1:]]).contiguous(),
-            }
-            if hasattr(tbe, "weights_placements"):
-                meta["weights_placements"] = tbe.weights_placements[idx].contiguous()
-            if self.optimizer == "exact_rowwise_adagrad":
-                meta["momentum1_offsets"] = tbe.momentum1_offsets[idx].contiguous()
-                meta["momentum1_placements"] = tbe.momentum1_placements[idx].contiguous()
+            with torch.inference_mode(False):
+                idx = torch.tensor(list(slot_tables), dtype=torch.long, device=device)
+                D = torch.tensor([0] + widths, dtype=torch.int32, device=device).cumsum(0).to(torch.int32)
+                meta = {
+                    "weights_offsets": tbe.weights_offsets[idx].contiguous(),
+                    "D_offsets": D,
+                    "total_D": sum(widths),
+                    "hash_size_cumsum": torch.cat([hcum[idx], hcum[-1:]]).contiguous(),
+                }
+                if hasattr(tbe, "weights_placements"):
+                    meta["weights_placements"] = tbe.weights_placements[idx].contiguous()
+                if self.optimizer == "exact_rowwise_adagrad":
+                    meta["momentum1_offsets"] = tbe.momentum1_offsets[idx].contiguous()
+                    meta["momentum1_placements"] = tbe.momentum1_placements[idx].contiguous()
             self._meta[key] = meta
         return meta
 
@@ -330,21 +348,34 @@ class FbgemmCollection(CollectionBackend):
         return (self.plan.general or any(m != MODE_PLAIN for m in enc.layout.modes)
                 or any(s.mode == "mean" for s in self.specs))
 
-    def _pack(self, bags: CollectionBags) -> Tuple[torch.Tensor, torch.Tensor, int, bool]:
-        """``(values, offsets, B, owned)`` in the KeyedJaggedTensor layout (``owned``: a new tensor)."""
+    def _pack(self, bags: CollectionBags) -> PackedBags:
+        """The input in the KeyedJaggedTensor layout (``owned``: a new tensor), its offset checks deferred."""
         if isinstance(bags, JaggedBags):
             values, offsets = bags.values, bags.offsets
             F = len(self.specs)
             if offsets.dim() != 1 or (offsets.numel() - 1) % F:
                 raise ValueError(f"jagged offsets need {F} * B + 1 entries, got shape {tuple(offsets.shape)}")
-            return values.reshape(-1).long(), offsets.long(), (offsets.numel() - 1) // F, values.dtype != torch.long
-        return pack_features(self.names, bags)
+            return PackedBags(values.reshape(-1).long(), offsets.long(), (offsets.numel() - 1) // F,
+                              values.dtype != torch.long, [])
+        return pack_deferred(self.names, bags)
 
-    def _encode(self, values: torch.Tensor, offsets: torch.Tensor, B: int,
+    def _num_embeddings(self, device: torch.device) -> torch.Tensor:
+        """Every feature's ``n`` on ``device`` (cached)."""
+        n = self._nums.get(device)
+        if n is None:
+            with torch.inference_mode(False):
+                n = self._nums[device] = torch.tensor([s.num_embeddings for s in self.specs], device=device)
+        return n
+
+    def _encode(self, packed: PackedBags, values: torch.Tensor, offsets: torch.Tensor,
                 native: Optional[NativeKernels], owned: bool = False) -> EncodedBatch:
+        """Check and encode ``values``/``offsets`` (``packed``'s, on the module's device)."""
+        B = packed.batch
         N = values.numel()
         F = len(self.specs)
+        nums = [s.num_embeddings for s in self.specs]
         if native is not None and values.device.type == "cpu":
+            raise_failed(packed.checks)
             values, offsets = values.contiguous(), offsets.contiguous()
             bad, max_len = native.bag_lengths(offsets, F, B, N)
             if bad >= 0:
@@ -353,12 +384,32 @@ class FbgemmCollection(CollectionBackend):
             self._refuse_general_multi_hot(max_len)
             bad, enc = native.encode(self.plan, values, offsets, B, max_len, in_place=owned)
             if bad >= 0:
-                raise_out_of_range(self.names, [s.num_embeddings for s in self.specs], values, offsets, B, bad)
+                raise_out_of_range(self.names, nums, values, offsets, B, bad)
             return enc
-        max_len = bag_lengths(self.names, offsets, N, B)
+        # one device read for every check, the longest bag of each feature and the features' bounds
+        device = offsets.device
+        flags = [flag.to(device) for flag, _ in packed.checks] + offsets_flags(offsets, N)
+        out_of_range: Optional[torch.Tensor] = None
+        if B and N:
+            ends = offsets[B::B].contiguous()  # where every feature's indices end
+            feat = torch.searchsorted(ends, torch.arange(N, device=device), right=True).clamp_(max=F - 1)
+            out_of_range = (values < 0) | (values >= self._num_embeddings(device)[feat])
+            flags.append(out_of_range.any())
+        if B:
+            longest = (offsets[1:] - offsets[:-1]).view(F, B).amax(1)
+            bounds = offsets[::B]
+        else:
+            longest = bounds = torch.zeros(F + 1, dtype=torch.long, device=device)
+            longest = longest[:F]
+        read = torch.cat([torch.stack(flags).long(), longest, bounds]).tolist()
+        nc, nf = len(packed.checks), len(flags)
+        raise_failed(packed.checks, read[:nc])
+        raise_bad_offsets(offsets, N, read[nc:nc + 3])
+        max_len = read[nf:nf + F]
         self._refuse_general_multi_hot(max_len)
-        check_range(self.names, [s.num_embeddings for s in self.specs], values, offsets, B)
-        return encode_batch(self.plan, values, offsets, B, max_len)
+        if out_of_range is not None and read[nc + 3]:
+            raise_out_of_range(self.names, nums, values, offsets, B, int(out_of_range.nonzero()[0, 0]))
+        return encode_batch(self.plan, values, offsets, B, max_len, bounds=read[nf + F:])
 
     def _refuse_general_multi_hot(self, max_len: Sequence[int]) -> None:
         for spec, kind, L in zip(self.specs, self.plan.kinds, max_len):
@@ -376,14 +427,14 @@ class FbgemmCollection(CollectionBackend):
         self, module: nn.Module, bags: LookupInput, concat: bool, validate: bool
     ) -> Union[torch.Tensor, List[torch.Tensor]]:
         # every index is checked whatever `validate` says: the native kernels must not read out of bounds
-        values, offsets, B, owned = self._pack(cast(CollectionBags, bags))
+        packed = self._pack(cast(CollectionBags, bags))
         device = self.small_buffer(module).device
-        owned = owned and values.device == device
-        values, offsets = values.to(device), offsets.to(device)
+        owned = packed.owned and packed.values.device == device
+        values, offsets = packed.values.to(device), packed.offsets.to(device)
         on_cpu = device.type == "cpu"
         fused_cpu = on_cpu and self.optimizer is not None and self.use_cpu_ops and _cpu_ops_reason() is None
         native = native_kernels() if (self.use_native and on_cpu and NativeKernels.serves(self.plan)) else None
-        enc = self._encode(values, offsets, B, native, owned)
+        enc = self._encode(packed, values, offsets, native, owned)
         if fused_cpu:
             save = torch.is_grad_enabled()
             out = _FusedCpuLookup.apply(self._placeholder, _Step(self, module, enc, native, save))

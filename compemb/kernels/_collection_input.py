@@ -14,12 +14,17 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
 __all__ = [
     "check_bag_form",
+    "Check",
+    "EVERY_INDEX",
+    "PackedBags",
+    "pack_deferred",
+    "raise_failed",
     "pack_features",
     "offsets_flags",
     "raise_bad_offsets",
@@ -49,36 +54,72 @@ def check_bag_form(name: str, x: Any, off: Any) -> None:
         raise ValueError(f"feature {name!r}: input must be 1-D or 2-D, got shape {tuple(x.shape)}")
 
 
-_ARANGE_CACHE: Dict[Tuple[int, Tuple[int, ...], str], torch.Tensor] = {}
+_ARANGE_CACHE: Dict[Tuple[int, Tuple[int, ...], torch.device], torch.Tensor] = {}
+
+
+def _build_fixed_offsets(batch: int, lengths: Tuple[int, ...], device: torch.device) -> torch.Tensor:
+    parts, base = [], 0
+    for L in lengths:
+        parts.append(torch.arange(batch, dtype=torch.long, device=device) * L + base)
+        base += batch * L
+    return torch.cat(parts + [torch.tensor([base], device=device)])
 
 
 def _fixed_offsets(batch: int, lengths: Tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Offsets (``F * B + 1``) of 2-D inputs: feature ``f`` has ``B`` bags of ``lengths[f]`` (cached)."""
-    key = (batch, lengths, str(device))
+    """Offsets (``F * B + 1``) of 2-D inputs: feature ``f`` has ``B`` bags of ``lengths[f]``.
+
+    Cached per shape and device (shared between calls: never modify in place), with the guards of
+    :func:`compemb.functional.standard_offsets`: no cache inside a compiled graph, and never an
+    inference tensor (autograd refuses to save those, so a training step after a first lookup
+    under ``torch.inference_mode()`` would fail).
+    """
+    if torch.compiler.is_compiling():
+        return _build_fixed_offsets(batch, lengths, device)
+    key = (batch, lengths, device)
     off = _ARANGE_CACHE.get(key)
     if off is None:
-        parts, base = [], 0
-        for L in lengths:
-            parts.append(torch.arange(batch, dtype=torch.long) * L + base)
-            base += batch * L
-        off = torch.cat(parts + [torch.tensor([base])]).to(device)
+        with torch.inference_mode(False):
+            off = _build_fixed_offsets(batch, lengths, device)
         if len(_ARANGE_CACHE) > 64:
             _ARANGE_CACHE.clear()
         _ARANGE_CACHE[key] = off
     return off
 
 
-def pack_features(names: Sequence[str], bags: Sequence[Tuple[torch.Tensor, Optional[torch.Tensor], bool]]
-                  ) -> Tuple[torch.Tensor, torch.Tensor, int, bool]:
-    """Concatenate per-feature bags (``nn.EmbeddingBag`` forms) feature-major.
+#: a deferred check: a 0-d bool tensor, true on an error, and a function that raises the error
+Check = Tuple[torch.Tensor, Callable[[], None]]
 
-    Returns ``(values, offsets, B, owned)``: ``offsets`` has ``F * B + 1`` entries; ``owned``
-    says that ``values`` is a new tensor (no caller holds it). Checks each feature's form and, with one host read for
-    all features, that its offsets start at 0 and stay within its indices (naming the feature).
+#: what the last-offset error of :func:`pack_deferred` says by default
+EVERY_INDEX = "every index must lie in a bag"
+
+
+class PackedBags(NamedTuple):
+    """Features packed feature-major by :func:`pack_deferred`.
+
+    ``offsets`` has ``F * B + 1`` entries (the KeyedJaggedTensor layout); ``owned`` says that
+    ``values`` is a new tensor (no caller holds it); ``checks`` are the deferred per-feature
+    offset checks (:func:`raise_failed` reads them in one copy, or the caller reads them with
+    its own checks).
+    """
+
+    values: torch.Tensor
+    offsets: torch.Tensor
+    batch: int
+    owned: bool
+    checks: List[Check]
+
+
+def pack_deferred(names: Sequence[str], bags: Sequence[Tuple[torch.Tensor, Optional[torch.Tensor], bool]],
+              every_index: str = EVERY_INDEX) -> PackedBags:
+    """Concatenate per-feature bags (``nn.EmbeddingBag`` forms) feature-major, without device reads.
+
+    Each feature's form is checked at once; that its own offsets start at 0 and end at its number
+    of indices is left to the returned ``checks`` (``every_index`` ends the last-offset error).
+    2-D inputs get shared cached offsets (never modify them in place) and no checks.
 
     Raises:
-        TypeError, ValueError: a form ``nn.EmbeddingBag`` refuses, or features of different
-            batch sizes.
+        TypeError, ValueError: a form ``nn.EmbeddingBag`` refuses, naming the feature, or features
+            of different batch sizes.
     """
     values: List[torch.Tensor] = []
     lengths: List[int] = []
@@ -93,16 +134,17 @@ def pack_features(names: Sequence[str], bags: Sequence[Tuple[torch.Tensor, Optio
             fixed = False
         values.append(x.reshape(-1))
     device = values[0].device
+    owned = len(values) > 1 or values[0].dtype != torch.long
+    flat = torch.cat(values).long() if len(values) > 1 else values[0].long()
     if fixed:
         if len(set(batch)) != 1:
             raise ValueError(f"all features need one batch size, got {batch}")
-        owned = len(values) > 1 or values[0].dtype != torch.long
-        flat = torch.cat(values).long() if len(values) > 1 else values[0].long()
-        return flat, _fixed_offsets(batch[0], tuple(lengths), device), batch[0], owned
+        return PackedBags(flat, _fixed_offsets(batch[0], tuple(lengths), device), batch[0], owned, [])
     offs: List[torch.Tensor] = []
     firsts: List[torch.Tensor] = []
     lasts: List[torch.Tensor] = []
     counts: List[int] = []
+    batch = []
     base = 0
     for name, (x, off, last) in zip(names, bags):
         n = x.numel()
@@ -124,17 +166,50 @@ def pack_features(names: Sequence[str], bags: Sequence[Tuple[torch.Tensor, Optio
         base += n
     if len(set(batch)) != 1:
         raise ValueError(f"all features need one batch size, got {batch}")
-    first = torch.stack(firsts).tolist()
-    last_ = torch.stack(lasts).tolist()
-    for name, a, z, n in zip(names, first, last_, counts):
-        if a != 0:
-            raise ValueError(f"feature {name!r}: offsets[0] must be 0, got {a}")
-        if z != n:
-            raise ValueError(f"feature {name!r}: the last offset is {z} but the feature has {n} indices "
-                             "(every index must lie in a bag)")
     offs.append(torch.tensor([base], device=device))
-    owned = len(values) > 1 or values[0].dtype != torch.long
-    return torch.cat(values).long() if len(values) > 1 else values[0].long(), torch.cat(offs), batch[0], owned
+    first, last_ = torch.stack(firsts), torch.stack(lasts)
+    counts_t = torch.tensor(counts, device=device)
+    feature_names = list(names)
+
+    def bad_offsets() -> None:  # the first bad feature, in feature order
+        for name, a, z, n in zip(feature_names, first.tolist(), last_.tolist(), counts):
+            if a != 0:
+                raise ValueError(f"feature {name!r}: offsets[0] must be 0, got {a}")
+            if z != n:
+                raise ValueError(f"feature {name!r}: the last offset is {z} but the feature has {n} indices "
+                                 f"({every_index})")
+
+    flag = (first != 0).any() | (last_ != counts_t).any()
+    return PackedBags(flat, torch.cat(offs), batch[0], owned, [(flag, bad_offsets)])
+
+
+def raise_failed(checks: Sequence[Check], flags: Optional[Sequence[bool]] = None) -> None:
+    """Raise the error of the first failed check (``flags``: the checks' flags already read;
+    ``None``: read them now, in one copy)."""
+    if not checks:
+        return
+    if flags is None:
+        flags = torch.stack([flag.to(torch.bool) for flag, _ in checks]).tolist()
+    for flag, (_, raise_fn) in zip(flags, checks):
+        if flag:
+            raise_fn()
+
+
+def pack_features(names: Sequence[str], bags: Sequence[Tuple[torch.Tensor, Optional[torch.Tensor], bool]]
+                  ) -> Tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """Concatenate per-feature bags (``nn.EmbeddingBag`` forms) feature-major.
+
+    Returns ``(values, offsets, B, owned)``: ``offsets`` has ``F * B + 1`` entries; ``owned``
+    says that ``values`` is a new tensor (no caller holds it). Checks each feature's form and, with one host read for
+    all features, that its offsets start at 0 and stay within its indices (naming the feature).
+
+    Raises:
+        TypeError, ValueError: a form ``nn.EmbeddingBag`` refuses, or features of different
+            batch sizes.
+    """
+    packed = pack_deferred(names, bags)
+    raise_failed(packed.checks)
+    return packed.values, packed.offsets, packed.batch, packed.owned
 
 
 def offsets_flags(offsets: torch.Tensor, count: int) -> List[torch.Tensor]:

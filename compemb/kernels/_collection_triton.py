@@ -12,7 +12,7 @@ configuration, not with this module.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple, Union, cast
+from typing import List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import nn
@@ -24,12 +24,10 @@ from compemb.kernels._base import (
     JaggedBags,
     LookupInput,
 )
-from compemb.kernels._collection_input import check_bag_form
+from compemb.kernels._collection_input import Check, pack_deferred
 from compemb.kernels._tbe_layout import TBELayout, tbe_layout, validate_tbe_input
 
 __all__ = ["TritonCollection", "pack_bags"]
-
-Check = Tuple[torch.Tensor, Callable[[], None]]
 
 
 def _launch_choice(specs: Sequence[FeatureSpec]) -> Tuple[List[str], List[str]]:
@@ -45,7 +43,7 @@ def pack_bags(specs: Sequence[FeatureSpec], bags: CollectionBags) -> Tuple[torch
 
     ``offsets`` has ``F * B + 1`` entries (the KeyedJaggedTensor layout). ``checks`` are
     ``(flag, raise_fn)`` pairs for :func:`compemb.kernels.validate_tbe_input`: every feature's own
-    offsets start at 0 and end at its number of indices.
+    offsets start at 0 and end at its number of indices (:func:`pack_deferred`).
 
     Raises:
         TypeError, ValueError: an input form ``nn.EmbeddingBag`` refuses, naming the feature;
@@ -53,47 +51,8 @@ def pack_bags(specs: Sequence[FeatureSpec], bags: CollectionBags) -> Tuple[torch
     """
     if isinstance(bags, JaggedBags):
         return bags.values, bags.offsets, []
-    values, offsets, firsts, lasts, counts, batch = [], [], [], [], [], []
-    base = 0
-    for spec, (x, off, last) in zip(specs, bags):
-        check_bag_form(spec.name, x, off)
-        if x.dim() == 2:
-            B, L = x.shape
-            off = torch.arange(B + 1, device=x.device) * L
-            x = x.reshape(-1)
-        else:
-            assert off is not None
-            off = off.to(device=x.device, dtype=torch.long)
-            if not last:
-                off = torch.cat([off, off.new_full((1,), x.numel())])
-            if off.numel() < 1:
-                raise ValueError(f"feature {spec.name!r}: with include_last_offset=True offsets needs at least one entry")
-        batch.append(off.numel() - 1)
-        values.append(x.long())
-        offsets.append(off[:-1] + base)
-        firsts.append(off[0])
-        lasts.append(off[-1])
-        counts.append(x.numel())
-        base += x.numel()
-    if len(set(batch)) != 1:
-        raise ValueError(f"all features need one batch size, got {batch}")
-    device = values[0].device
-    offsets.append(torch.tensor([base], device=device))
-    first, last_ = torch.stack(firsts), torch.stack(lasts)
-    counts_t = torch.tensor(counts, device=device)
-    names = [s.name for s in specs]
-
-    def bad_first() -> None:
-        f = int((first != 0).nonzero()[0, 0])
-        raise ValueError(f"feature {names[f]!r}: offsets[0] must be 0, got {int(first[f])}")
-
-    def bad_last() -> None:
-        f = int((last_ != counts_t).nonzero()[0, 0])
-        raise ValueError(f"feature {names[f]!r}: the last offset is {int(last_[f])} but the feature has "
-                         f"{counts[f]} indices (backend='triton' needs every index in a bag)")
-
-    checks = [((first != 0).any(), bad_first), ((last_ != counts_t).any(), bad_last)]
-    return torch.cat(values), torch.cat(offsets), checks
+    packed = pack_deferred([s.name for s in specs], bags, every_index="backend='triton' needs every index in a bag")
+    return packed.values, packed.offsets, packed.checks
 
 
 class TritonCollection(CollectionBackend):

@@ -1,4 +1,4 @@
-"""FBGEMM table-batched backend: all component tables of a bag in one TBE lookup.
+"""FBGEMM backend: each component table of a bag pooled by FBGEMM's TBE operator, then combined.
 
 FBGEMM's table-batched embedding (TBE) pools every table on its own (``sum`` or ``mean``), so it
 computes a compositional bag exactly when pooling and combining commute:
@@ -9,8 +9,9 @@ computes a compositional bag exactly when pooling and combining commute:
   features): ``unsupported_reason`` refuses it because one-hotness is a property of the data, but
   :meth:`FbgemmBackend.embedding_bag` serves it when asked directly and the bags are one-hot.
 
-``max`` pooling is not offered by TBE and is refused. The single-module backend uses FBGEMM's
-dense TBE op (``DenseTableBatchedEmbeddingBagsCodegen``) on the concatenated tables, so gradients
+``max`` pooling is not offered by TBE and is refused. The single-module backend calls FBGEMM's
+dense TBE op (``DenseTableBatchedEmbeddingBagsCodegen``) once per component table, on the
+module's own weights (batching them into one call would copy all tables every call), so gradients
 flow through autograd to the module's own parameters; the fused optimizers (exact SGD, exact
 row-wise Adagrad) need FBGEMM to own the weights and are served by
 :class:`compemb.collection.CompositionalEmbeddingBagCollection`.

@@ -3,7 +3,7 @@
 A quotient–remainder feature has one large table (``n / m`` rows) and one tiny one (``m``
 rows). Looking the tiny table up through FBGEMM's TBE costs as much per index as the large one
 (a sort and a scatter in backward, for rows that stay in L1), so the FBGEMM collection keeps the
-*large* component of every feature in the TBE and the *small* one (at most :data:`SMALL_ROWS`
+*large* component of every feature in the TBE and the *small* one (at most :data:`DENSE_SMALL_ROWS`
 rows) here, as a dense ``(m, d)`` block composed with the TBE's pooled output:
 
 - one-hot bags: the small row of each bag (``cls``);
@@ -39,11 +39,10 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, cast
 import torch
 
 from compemb.kernels._base import FeatureSpec
-from compemb.kernels._collection_input import bag_lengths, check_range, pack_features, raise_out_of_range
 from compemb.kernels._pooled import combine_pooled
 
 __all__ = [
-    "SMALL_ROWS",
+    "DENSE_SMALL_ROWS",
     "MAX_SPLIT_ROWS",
     "MODE_PLAIN",
     "MODE_ONE_HOT",
@@ -56,14 +55,10 @@ __all__ = [
     "compose_forward",
     "compose_backward",
     "digit_form",
-    "pack_features",
-    "bag_lengths",
-    "check_range",
-    "raise_out_of_range",
 ]
 
 #: a component table of at most this many rows is kept out of the TBE (dense, beside it)
-SMALL_ROWS = 64
+DENSE_SMALL_ROWS = 64
 #: the remainder-class split looks the large table up in this many slots per bag at most
 MAX_SPLIT_ROWS = 1024
 #: the largest index the encoding serves (the native kernel divides in double precision)
@@ -103,7 +98,7 @@ class SmallTablePlan:
     """Where every component table of a collection lives: in the TBE or as a dense small table.
 
     A feature is ``"plain"`` (one table: one TBE table), ``"small"`` (two tables of digit form,
-    ``add`` or ``mult``, the smaller one of at most :data:`SMALL_ROWS` rows, or any ``mult``
+    ``add`` or ``mult``, the smaller one of at most :data:`DENSE_SMALL_ROWS` rows, or any ``mult``
     with ``compose="before_pool"``: the larger table in the TBE, the smaller dense) or
     ``"general"`` (every component in the TBE, pooled per table and combined afterwards, which
     is exact for ``add``, ``concat`` and ``mult`` after pooling).
@@ -118,7 +113,7 @@ class SmallTablePlan:
         dims: per feature, the output width; ``out_cols``: its first output column.
     """
 
-    def __init__(self, specs: Sequence[FeatureSpec], small_rows: int = SMALL_ROWS) -> None:
+    def __init__(self, specs: Sequence[FeatureSpec], small_rows: int = DENSE_SMALL_ROWS) -> None:
         self.specs = list(specs)
         self.features: List[_Feature] = []
         self.tbe_shapes: List[Tuple[int, int]] = []
@@ -288,10 +283,11 @@ def _bag_ids(offsets: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def encode_batch(plan: SmallTablePlan, values: torch.Tensor, offsets: torch.Tensor, batch: int,
-                 max_len: Sequence[int]) -> EncodedBatch:
+                 max_len: Sequence[int], bounds: Optional[Sequence[int]] = None) -> EncodedBatch:
     """Encode checked indices (``values`` feature-major, ``offsets`` with ``F * B + 1`` entries).
 
     General features are laid out one slot per component, as :func:`compemb.kernels.tbe_inputs`.
+    ``bounds``: ``offsets[::B]`` already read (``None``: read here).
     """
     B = batch
     lay = plan.layout(plan.batch_modes(max_len))
@@ -301,7 +297,8 @@ def encode_batch(plan: SmallTablePlan, values: torch.Tensor, offsets: torch.Tens
     idx_parts: List[torch.Tensor] = []
     off_parts: List[torch.Tensor] = []
     base = 0
-    bounds = offsets[::B].tolist()
+    if bounds is None:
+        bounds = offsets[::B].tolist()
     for f, (spec, feat, md) in enumerate(zip(plan.specs, plan.features, lay.modes)):
         s, e = bounds[f], bounds[f + 1]
         x = values[s:e]

@@ -35,6 +35,7 @@ __all__ = [
     "MAX_K",
     "SMALL_ROWS",
     "KERNEL_OPS",
+    "KERNEL_DTYPES",
 ]
 
 #: the most component tables per feature the kernels serve
@@ -44,6 +45,8 @@ MAX_K = 4
 SMALL_ROWS = 16
 #: the kernels' ``OP`` constant for each operation
 KERNEL_OPS: Dict[str, int] = {"add": 0, "mult": 1, "concat": 2}
+#: the table dtypes the Triton kernels serve (fp32 accumulation)
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INT32_MAX = 2**31 - 1
 
 

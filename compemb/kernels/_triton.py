@@ -30,17 +30,14 @@ import torch
 import triton
 
 from compemb.kernels._base import Backend
-from compemb.kernels._tbe_layout import KERNEL_OPS, next_pow2
+# MAX_K: the most component tables; SMALL_ROWS: backward (atomic path) sums the tables of at most
+# this many rows (the remainder table of QR has ``num_collisions`` rows) over the bag in registers
+from compemb.kernels._tbe_layout import KERNEL_DTYPES, KERNEL_OPS, MAX_K, SMALL_ROWS, next_pow2
 from compemb.options import BagOptions, check_compose, check_mode, check_operation
 
 __all__ = ["BACKEND", "TritonBackend", "triton_embedding_bag"]
 
 _MODES = {"sum": 0, "mean": 1, "max": 2}
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_K = 4
-#: Backward (atomic path): tables with at most this many rows (the remainder table of QR has
-#: ``num_collisions`` rows) are summed over the bag in registers, one atomic per (row, column).
-SMALL_ROWS = 16
 
 
 def _interpreting() -> bool:
@@ -287,8 +284,8 @@ def triton_embedding_bag(
             raise ValueError(f"weights[{i}] must be 2-D, got shape {tuple(w.shape)}")
         if w.dtype != dtype:
             raise TypeError(f"weights[{i}] has dtype {w.dtype}, weights[0] has {dtype}")
-        if w.dtype not in _DTYPES:
-            raise TypeError(f"triton backend supports {_DTYPES}, got {w.dtype}")
+        if w.dtype not in KERNEL_DTYPES:
+            raise TypeError(f"triton backend supports {KERNEL_DTYPES}, got {w.dtype}")
         if operation != "concat" and w.shape[1] != weights[0].shape[1]:
             raise ValueError(f"{operation!r} needs equal widths, got {[int(x.shape[1]) for x in weights]}")
     if per_sample_weights is not None:
@@ -342,7 +339,7 @@ class TritonBackend(Backend):
             return "sparse=True gradients (triton writes dense gradients)"
         if options.max_norm is not None:
             return f"max_norm={options.max_norm} (renormalisation is not implemented)"
-        if options.dtype not in _DTYPES:
+        if options.dtype not in KERNEL_DTYPES:
             return f"dtype={options.dtype} (triton serves float32, float16, bfloat16)"
         if options.per_sample_weights and mode != "sum":
             return f"per_sample_weights with mode={mode!r}"

@@ -25,6 +25,7 @@ from typing import Any, Optional, Tuple
 import torch
 
 from compemb.kernels._tbe_layout import (
+    KERNEL_DTYPES,
     SMALL_ROWS,
     LaunchPlan,
     TBELayout,
@@ -42,7 +43,6 @@ from compemb.kernels._tbe_kernels import (
 
 __all__ = ["TBELayout", "tbe_layout", "tbe_embedding_bags", "validate_tbe_input", "OPTIMIZERS", "INTERPRETED"]
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: what the ``optimizer`` argument of :func:`tbe_embedding_bags` takes
 OPTIMIZERS = (None, "exact_sgd")
 
@@ -187,8 +187,8 @@ def tbe_embedding_bags(
     if weight.dim() != 1 or weight.numel() != layout.numel:
         raise ValueError(f"weight must be the flat 1-D buffer of {layout.numel} elements, got shape "
                          f"{tuple(weight.shape)}")
-    if weight.dtype not in _DTYPES:
-        raise TypeError(f"triton TBE serves {_DTYPES}, got weight dtype {weight.dtype}")
+    if weight.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"triton TBE serves {KERNEL_DTYPES}, got weight dtype {weight.dtype}")
     device = weight.device
     if indices.device != device or offsets.device != device:
         raise ValueError(f"indices ({indices.device}), offsets ({offsets.device}) and weight ({device}) "

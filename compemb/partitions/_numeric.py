@@ -43,16 +43,29 @@ def undecidable(what: str, n: int) -> UndecidableError:
 
 
 # -- argument checks ----------------------------------------------------------------------------
-def as_int(value: object, name: str) -> int:
-    """``value`` as a Python int (ints, numpy ints, one-element integer tensors); bools refused."""
-    if isinstance(value, (bool, np.bool_)) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
-        raise TypeError(f"{name} must be an integer, got {value!r} (bool)")
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-        value = int(value)
-    try:
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})") from None
+def as_int(value: object, name: str, owner: str = "") -> int:
+    """``value`` as a Python int: any integer ``operator.index`` accepts (ints, numpy integers,
+    0-d integer tensors). Bools (``bool``, ``np.bool_``, bool tensors), floats, tensors of any
+    other shape and everything else are refused rather than truncated. The one integer check of
+    the library (:func:`compemb.functional.check_int` builds on it).
+
+    Raises:
+        TypeError: naming ``owner`` (a prefix, when given), ``name`` and the value.
+    """
+    if (
+        isinstance(value, (bool, np.bool_))
+        or (isinstance(value, torch.Tensor) and (value.dtype == torch.bool or value.dim() != 0))
+    ):
+        result = None
+    else:
+        try:
+            result = operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            result = None
+    if result is None:
+        prefix = f"{owner}: " if owner else ""
+        raise TypeError(f"{prefix}{name} must be an integer, got {value!r} ({type(value).__name__})")
+    return result
 
 
 def check_n(n: object) -> int:

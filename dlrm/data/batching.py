@@ -172,6 +172,19 @@ class RecSplit:
             >>> next(ds.split("train").batches(128, shuffle=True, seed=1)).dense.shape  # doctest: +SKIP
             torch.Size([128, 13])
         """
+        for sel in self.batch_rows(batch_size, shuffle, seed, drop_last, start_batch):
+            yield self.dataset._make_batch(sel)
+
+    def batch_rows(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        start_batch: int = 0,
+    ) -> Iterator[Union[slice, np.ndarray]]:
+        """The data set rows of every batch :meth:`batches` yields (same arguments, same checks),
+        without reading them: a ``slice`` for a contiguous unshuffled batch, else an int64 array."""
         _check_batch_size(batch_size)
         if not isinstance(start_batch, (int, np.integer)) or start_batch < 0:
             raise ValueError(f"start_batch must be a non-negative int, got {start_batch!r}")
@@ -187,13 +200,12 @@ class RecSplit:
             lo, hi = b * batch_size, min((b + 1) * batch_size, n)
             if order is None:
                 if isinstance(self.rows, range):
-                    sel: Union[slice, np.ndarray] = slice(self.rows.start + lo, self.rows.start + hi)
+                    yield slice(self.rows.start + lo, self.rows.start + hi)
                 else:
-                    sel = self.rows[lo:hi]
+                    yield self.rows[lo:hi]
             else:
                 pos = order[lo:hi]
-                sel = (self.rows.start + pos) if isinstance(self.rows, range) else self.rows[pos]
-            yield self.dataset._make_batch(sel)
+                yield (self.rows.start + pos) if isinstance(self.rows, range) else self.rows[pos]
 
 
 def _check_batch_size(batch_size: int) -> None:

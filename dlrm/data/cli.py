@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from ..argtypes import int_at_least, number
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="compemb data", description="fetch or prepare data sets")
@@ -33,10 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--max-ind-range", type=int, default=-1, help="reduce hex values modulo N first (-1: no)")
     c.add_argument("--frequency-threshold", type=int, default=0,
                    help="values seen fewer than T times share id 0 (TorchRec's sparse_to_contiguous; 0: keep all)")
-    c.add_argument("--workers", type=int, default=None, help="worker processes (default: the usable CPUs)")
-    c.add_argument("--merge-workers", type=int, default=None,
+    c.add_argument("--workers", type=int_at_least(1), default=None, help="worker processes (default: the usable CPUs)")
+    c.add_argument("--merge-workers", type=int_at_least(1), default=None,
                    help="fields merged at once (default: --workers); each holds one field's distinct values")
-    c.add_argument("--piece-mb", type=float, default=64.0, help="MB of text per unit of work and of resumption")
+    c.add_argument("--piece-mb", type=number(0, inclusive=False, what="a number of MB"), default=64.0,
+                   help="MB of text per unit of work and of resumption")
     c.add_argument("--days", type=int, default=None, help="pseudo-days (Kaggle, 7) or day files (Terabyte, 24)")
     c.add_argument("--cache-dir", default=None)
     c.add_argument("--strict", action="store_true", help="fail at the first malformed line")
@@ -78,9 +81,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         options = dict(dataset=args.data_set, days=args.days, max_ind_range=args.max_ind_range,
                        frequency_threshold=args.frequency_threshold)
         try:
-            piece_bytes = max(1, int(args.piece_mb * (1 << 20)))
+            piece_bytes = int(args.piece_mb * (1 << 20))
             if args.estimate_only:
-                print(estimate_resources(args.raw_data_file, workers=args.workers or usable_cpus(),
+                print(estimate_resources(args.raw_data_file, workers=usable_cpus() if args.workers is None else args.workers,
                                          merge_workers=args.merge_workers, piece_bytes=piece_bytes, **options))
                 return 0
             cache = preprocess_criteo(args.raw_data_file, args.cache_dir, strict=args.strict, progress=not args.no_progress,

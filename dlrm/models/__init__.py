@@ -104,19 +104,15 @@ def check_model_config(config: Any) -> Dict[str, Any]:
     """The family fields of a :class:`dlrm.train.TrainConfig` checked together; returns the checked
     ``model_options``.
 
-    ``model`` and ``model_options`` (:func:`check_model_options`); ``recluster_every`` (``None`` or
-    an int >= 0; it re-clusters the ``cluster`` tables and does nothing to the others); the families
-    other than ``dlrm`` build one module per table, so they refuse a table-batched collection, a
-    fused optimizer and ``dlrm_compatible_qr``, as that QR module ignores ``compression``.
+    ``model`` and ``model_options`` (:func:`check_model_options`); the families other than ``dlrm``
+    build one module per table, so they refuse a table-batched collection, a fused optimizer and
+    ``dlrm_compatible_qr``, as that QR module ignores ``compression``.
 
     Raises:
         ValueError: naming the field and the value.
     """
     model = config.model
     options = check_model_options(model, config.model_options)
-    every = config.recluster_every
-    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
-        raise ValueError(f"recluster_every must be None or a non-negative int, got {every!r}")
     if model != "dlrm":
         if config.collection_backend is not None:
             raise ValueError(f"model {model!r} builds one module per table: embedding_collection="

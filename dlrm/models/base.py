@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from dlrm.tables import sparse_gradient_parameters
+
 __all__ = ["TableModelConfig", "TableModel", "FIRST_ORDER", "sparse_gradient_parameters", "reset_linear"]
 
 #: how a family gets a category's first-order weight (MF's biases, FM's ``w_i``): ``"tied"`` reads it
@@ -68,21 +70,6 @@ def reset_linear(linear: nn.Linear) -> None:
         linear.weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)))
         if linear.bias is not None:
             linear.bias.normal_(0.0, math.sqrt(1.0 / fan_out))
-
-
-def sparse_gradient_parameters(module: nn.Module) -> List[nn.Parameter]:
-    """The parameters of an embedding module that receive sparse gradients, found by one probe
-    backward through a one-element bag (nothing is guessed from the module's type)."""
-    param = next(module.parameters(), None)
-    if param is None:
-        return []
-    device = param.device
-    out = module(torch.zeros(1, dtype=torch.long, device=device), torch.tensor([0], dtype=torch.long, device=device))
-    out.sum().backward()
-    found = [p for p in module.parameters() if p.grad is not None and p.grad.is_sparse]
-    for p in module.parameters():
-        p.grad = None
-    return found
 
 
 class TableModel(nn.Module):

@@ -112,7 +112,7 @@ class FactorizationMachine(TableModel):
         zeros = torch.zeros(batch, d, device=device, dtype=self.bias.dtype)
         if nnz == 0:
             return zeros, zeros.clone(), torch.zeros(batch, device=device, dtype=self.bias.dtype)
-        sample = torch.repeat_interleave(torch.arange(batch, device=device), lengths)
+        sample = torch.repeat_interleave(torch.arange(batch, device=device), lengths, output_size=nnz)
         singles = torch.arange(nnz, device=device)
         v = self.embeddings[f](idx, singles)  # every index a bag of its own: v_i
         if self.config.tables[f].mode == "mean":
